@@ -1,0 +1,18 @@
+"""The one exception type that reaches the user as a clean message instead of a traceback."""
+
+from __future__ import annotations
+
+
+class LmforgeError(Exception):
+    """A user-facing error: what was wrong, where, and how to fix it.
+
+    The CLI prints it as one line (plus the hint) and exits with code 2.
+    """
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
