@@ -1,0 +1,7 @@
+"""Stage 1: architecture and design."""
+
+from lmforge.design.estimate import count_params, training_flops_per_token, training_memory
+from lmforge.design.spec import PRESETS, ModelDesign, from_preset, load_toml
+
+__all__ = ["ModelDesign", "PRESETS", "from_preset", "load_toml", "count_params",
+           "training_flops_per_token", "training_memory"]

@@ -1,0 +1,62 @@
+"""Measure what this machine can do, so time estimates come from this hardware, not a guess."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+def auto_device() -> torch.device:
+    """CUDA, then Apple MPS, then CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype_for(device: torch.device) -> torch.dtype:
+    """bf16 where the hardware has fast bf16 matmul (CUDA with bf16 support); fp32 elsewhere.
+
+    CPUs without AMX/avx512_bf16 run bf16 matmul ~100x slower than fp32, so CPUs stay fp32.
+    """
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass(frozen=True)
+class MatmulPeak:
+    device: str
+    dtype: str
+    size: int
+    flops_per_second: float
+
+
+def measure_matmul_peak(device: torch.device | None = None, dtype: torch.dtype | None = None,
+                        size: int = 1024, seconds: float = 0.5) -> MatmulPeak:
+    """Best-of-N throughput of a square matmul: the practical peak that MFU is measured against."""
+    device = device or auto_device()
+    dtype = dtype or default_dtype_for(device)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):  # warm-up: thread pools, kernels, caches
+        a @ b
+    _sync(device)
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return MatmulPeak(str(device), str(dtype).removeprefix("torch."), size, 2 * size**3 / best)

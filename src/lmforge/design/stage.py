@@ -1,0 +1,63 @@
+"""Stage 1 as a recipe step: resolve a design from a preset/file/artifact and register it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lmforge.design.hardware import MatmulPeak
+from lmforge.design.report import design_report
+from lmforge.design.spec import PRESETS, ModelDesign, from_dict, from_preset, load_toml, to_toml
+from lmforge.errors import LmforgeError
+from lmforge.registry import Artifact, Workspace, atomic_write_json, atomic_write_text
+
+DESIGN_FILE = "design.toml"
+
+
+def design_from_artifact(art: Artifact) -> ModelDesign:
+    return load_toml(art.file(DESIGN_FILE))
+
+
+def resolve_design(ws: Workspace, ref: str, **overrides: Any) -> tuple[ModelDesign, str | None]:
+    """A preset name, a TOML file, or a design artifact ref -> (design, artifact id or None)."""
+    artifact_id = None
+    if ref in PRESETS:
+        design = from_preset(ref)
+    elif ref.endswith(".toml") or Path(ref).is_file():
+        design = load_toml(ref)
+    else:
+        try:
+            art = ws.resolve(ref, kind="design")
+        except LmforgeError as e:
+            raise LmforgeError(f"'{ref}' is not a preset, a design file or a design artifact",
+                               hint=f"presets: {', '.join(PRESETS)}; ({e.message})") from None
+        design, artifact_id = design_from_artifact(art), art.id
+    changed = apply_overrides(design, **overrides)
+    if changed != design:
+        artifact_id = None  # a changed design is a new design
+    return changed, artifact_id
+
+
+def apply_overrides(design: ModelDesign, **overrides: Any) -> ModelDesign:
+    """The design with the given fields replaced (None = keep), validated again."""
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if not changes:
+        return design
+    return from_dict({**design.to_dict(), **changes}, where=f"design '{design.name}'")
+
+
+def register_design(ws: Workspace, design: ModelDesign, batch_size: int = 8,
+                    peak: MatmulPeak | None = None) -> tuple[Artifact, dict[str, Any]]:
+    report = design_report(design, batch_size, peak)
+    with ws.staging() as d:
+        atomic_write_text(d / DESIGN_FILE, to_toml(design))
+        art = ws.register(d, kind="design", stage="design", parents=None,
+                          settings=design.to_dict(),
+                          metrics={"params": report["params"]["total"],
+                                   "training_flops_per_token":
+                                       report["flops_per_token"]["training"],
+                                   "compute_optimal_tokens": report["compute_optimal_tokens"]},
+                          name=design.name)
+    # The report holds a machine-specific measurement, so it lives beside, not inside, the id.
+    atomic_write_json(ws.root / "reports" / f"{art.id}.json", report)
+    return art, report
