@@ -1,0 +1,40 @@
+"""lmforge's model against the reference implementation: transformers' LlamaForCausalLM."""
+
+import pytest
+import torch
+
+from lmforge.design.spec import ModelDesign
+from lmforge.model.hf_config import design_to_hf_config, hf_config_to_design
+from lmforge.model.init import initialize
+from lmforge.model.transformer import Transformer
+
+transformers = pytest.importorskip("transformers")
+
+
+def hf_twin(model: Transformer):
+    cfg = design_to_hf_config(model.design, bos_id=0, eos_id=1, pad_id=2)
+    cfg.pop("lmforge")
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
+    state = model.state_dict()
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    return hf.eval()
+
+
+@pytest.mark.parametrize("tie, kv", [(True, 2), (False, 4), (False, 1)])
+def test_logits_match_transformers_llama(tie, kv):
+    d = ModelDesign(n_layers=3, d_model=128, n_heads=4, n_kv_heads=kv, vocab_size=1000,
+                    context_length=128, tie_embeddings=tie, rope_theta=50000.0)
+    ours = initialize(Transformer(d), "scaled", seed=0).eval()
+    hf = hf_twin(ours)
+    ids = torch.randint(0, d.vocab_size, (2, 100), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = ours(ids)
+        b = hf(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+
+
+def test_config_round_trips_through_hf_names():
+    d = ModelDesign(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=300,
+                    context_length=32, tie_embeddings=True, name="rt")
+    assert hf_config_to_design(design_to_hf_config(d, 0, 1, 2), "x") == d
