@@ -1,0 +1,137 @@
+"""The registry database: SQLite schema, versioned migrations, and write transactions.
+
+`PRAGMA user_version` holds the schema version and `PRAGMA application_id` marks the file
+as ours. A newer lmforge appends to MIGRATIONS; opening an older workspace applies the
+missing ones in one transaction, so a crash mid-upgrade leaves the old schema intact.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+
+APPLICATION_ID = 0x6C6D6667  # "lmfg"
+BUSY_TIMEOUT_S = 30.0
+
+# MIGRATIONS[i] takes the schema from version i to version i + 1. Never edit a released one.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE artifacts (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            name TEXT,
+            path TEXT NOT NULL,            -- relative to the workspace root, posix
+            created TEXT NOT NULL,         -- ISO-8601 UTC
+            state TEXT,                    -- lifecycle state; NULL for non-models
+            settings_json TEXT NOT NULL,
+            metrics_json TEXT NOT NULL,
+            manifest_sha256 TEXT NOT NULL, -- guards manifest.json itself against edits
+            lmforge_version TEXT NOT NULL
+        )""",
+        "CREATE INDEX artifacts_kind_created ON artifacts (kind, created)",
+        """CREATE TABLE parents (
+            child_id TEXT NOT NULL REFERENCES artifacts (id),
+            parent_id TEXT NOT NULL REFERENCES artifacts (id),
+            role TEXT NOT NULL,
+            position INTEGER NOT NULL,     -- order within a role's list
+            PRIMARY KEY (child_id, role, parent_id)
+        )""",
+        "CREATE INDEX parents_parent ON parents (parent_id)",
+        """CREATE TABLE aliases (
+            alias TEXT PRIMARY KEY,
+            artifact_id TEXT NOT NULL REFERENCES artifacts (id),
+            updated TEXT NOT NULL
+        )""",
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            artifact_id TEXT NOT NULL REFERENCES artifacts (id),
+            from_state TEXT,
+            to_state TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            forced INTEGER NOT NULL DEFAULT 0,
+            time TEXT NOT NULL
+        )""",
+        "CREATE INDEX events_artifact ON events (artifact_id, seq)",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue
+    (up to the busy timeout) instead of failing when a read upgrades to a write."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _not_ours(path: Path, why: str) -> LmforgeError:
+    return LmforgeError(f"{path} is not an lmforge registry ({why})",
+                        "point --workspace (or LMFORGE_HOME) at an lmforge workspace, "
+                        "or restore registry.db from a backup")
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to SCHEMA_VERSION, refusing foreign and newer databases."""
+    with write_transaction(conn):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        if version == 0:
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise _not_ours(path, "it already holds other tables")
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        elif app_id != APPLICATION_ID:
+            raise _not_ours(path, f"application id {app_id:#x}")
+        if version > SCHEMA_VERSION:
+            raise LmforgeError(
+                f"the workspace at {path.parent} was written by a newer lmforge "
+                f"(schema {version}; this lmforge knows up to {SCHEMA_VERSION})",
+                "upgrade lmforge: pip install -U lmforge")
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                conn.execute(statement)
+        if version < SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) and migrate the registry at `path`."""
+    try:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (see write_transaction).
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+    except sqlite3.Error as e:
+        raise LmforgeError(f"cannot open the registry {path}: {e}",
+                           "check the workspace folder exists and is writable") from None
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn, path)
+    except LmforgeError:
+        conn.close()
+        raise
+    except sqlite3.OperationalError as e:
+        conn.close()
+        if "locked" in str(e) or "busy" in str(e):
+            raise LmforgeError(f"the registry {path} stayed locked for {BUSY_TIMEOUT_S:.0f} s",
+                               "another lmforge process holds it; retry when it finishes"
+                               ) from None
+        raise LmforgeError(f"cannot use the registry {path}: {e}",
+                           "check the workspace folder is writable and not on a network "
+                           "share without file locking") from None
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise _not_ours(path, str(e)) from None
+    return conn

@@ -1,0 +1,119 @@
+"""Rich renderings of registry data for the CLI: `ls` table, `lineage` tree, `show` page.
+
+Only presentation lives here; everything shown comes from Workspace methods.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from lmforge.registry.artifact import Artifact, ArtifactRecord, Event
+
+_STATE_STYLE = {"approved": "green", "deployed": "bold green", "deprecated": "yellow",
+                "retired": "dim", "archived": "dim"}
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _short_time(iso: str) -> str:
+    return iso[:19].replace("T", " ")  # seconds are enough on screen
+
+
+def _state(state: str | None) -> Text:
+    return Text(state or "-", style=_STATE_STYLE.get(state or "", ""))
+
+
+def _value(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def artifacts_table(records: Iterable[ArtifactRecord], aliases: dict[str, str] | None = None,
+                    title: str | None = "artifacts") -> Table:
+    """One row per artifact: id (which starts with the kind), stage, state, name, aliases
+    (when any), created."""
+    by_id: dict[str, list[str]] = {}
+    for alias, art_id in (aliases or {}).items():
+        by_id.setdefault(art_id, []).append(alias)
+    columns = ["id", "stage", "state", "name"] + (["aliases"] if by_id else []) + ["created"]
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column in columns:
+        # Ids must stay whole to be copied; on a narrow terminal the name column gives way.
+        name = column == "name"
+        table.add_column(column, no_wrap=not name, min_width=8 if name else None)
+    for r in records:
+        row = [r.id, r.stage, _state(r.state), r.name or ""]
+        row += [", ".join(sorted(by_id.get(r.id, [])))] if by_id else []
+        table.add_row(*row, _short_time(r.created)[5:16])  # MM-DD HH:MM
+    return table
+
+
+def lineage_tree(node: dict[str, Any], tree: Tree | None = None) -> Tree:
+    """A rich Tree of `Workspace.lineage(...)`: each line `role: id (stage, state)`."""
+    label = Text()
+    if node.get("role"):
+        label.append(f"{node['role']}: ", style="cyan")
+    label.append(node["id"], style="bold")
+    details = [node["stage"]] + ([node["state"]] if node.get("state") else [])
+    label.append(f" ({', '.join(details)})", style="dim")
+    if node.get("name"):
+        label.append(f" {node['name']}")
+    branch = Tree(label) if tree is None else tree.add(label)
+    for child in node["children"]:
+        lineage_tree(child, branch)
+    return branch
+
+
+def _pairs(title: str, items: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left", box=None)
+    table.add_column(style="cyan")
+    table.add_column()
+    for key in sorted(items):
+        table.add_row(key, _value(items[key]))
+    if not items:
+        table.add_row("(none)", "")
+    return table
+
+
+def show(artifact: Artifact, state: str | None, events: list[Event],
+         aliases: list[str] | None = None) -> Group:
+    """Everything about one artifact: summary, parents, settings, metrics, files, events."""
+    summary = {"id": artifact.id, "kind": artifact.kind, "stage": artifact.stage,
+               "state": state or "-", "created": artifact.created, "path": str(artifact.path),
+               "lmforge": artifact.manifest.get("lmforge_version", "?")}
+    if artifact.name:
+        summary["name"] = artifact.name
+    if aliases:
+        summary["aliases"] = ", ".join(aliases)
+    files = Table(title="files", title_justify="left")
+    files.add_column("path")
+    files.add_column("size", justify="right")
+    files.add_column("sha256")
+    for rel, info in sorted(artifact.files.items()):
+        files.add_row(rel, human_bytes(info["bytes"]), info["sha256"][:16])
+    parts: list[Any] = [_pairs(artifact.id, summary), _pairs("parents", artifact.parents),
+                        _pairs("settings", artifact.settings),
+                        _pairs("metrics", artifact.metrics), files]
+    if events:
+        history = Table(title="lifecycle", title_justify="left")
+        for column in ("time", "from", "to", "reason", "forced"):
+            history.add_column(column)
+        for e in events:
+            history.add_row(_short_time(e.time), e.from_state or "-", _state(e.to_state),
+                            e.reason, Text("FORCED", style="bold red") if e.forced else "")
+        parts.append(history)
+    return Group(*parts)

@@ -1,0 +1,255 @@
+"""The Workspace: one folder, one registry, every artifact lmforge made.
+
+    ws = Workspace.open()                       # --workspace, LMFORGE_HOME, ./lmforge-workspace
+    with ws.staging() as d:
+        (d / "model.safetensors").write_bytes(data)
+        art = ws.register(d, kind="model", stage="init", parents={"design": design_id},
+                          settings={...}, state="initialized")
+    model = ws.resolve("production", kind="model")   # verified against its sha256s
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, final
+
+from lmforge.errors import LmforgeError
+from lmforge.registry import db
+from lmforge.registry.artifact import Artifact, ArtifactRecord, Event
+from lmforge.registry.index import Parents, insert_artifact, parent_ids
+from lmforge.registry.lifecycle import INITIAL_STATES, apply_move, check_state_name
+from lmforge.registry.lineage import lineage_tree
+from lmforge.registry.manifest import (
+    MANIFEST_NAME,
+    check_jsonable,
+    read_manifest,
+    sha256_file,
+    verify_files,
+)
+from lmforge.registry.resolve import find_id
+from lmforge.registry.store import check_slug, remove_tree, seal_and_place, utc_now
+
+DEFAULT_ROOT = "lmforge-workspace"
+
+
+@final  # not built for subclassing; also lets __enter__ say it returns a Workspace
+class Workspace:
+    """A workspace folder: registry.db, artifacts/<kind>/<id>/, artifacts/.staging/, runs/."""
+
+    def __init__(self, root: Path, conn: sqlite3.Connection):
+        self.root = root
+        self.artifacts_dir = root / "artifacts"
+        self.staging_dir = self.artifacts_dir / ".staging"
+        self.runs_dir = root / "runs"
+        self._conn = conn
+        self._lock = threading.RLock()  # one connection, shared by threads in turn
+
+    @classmethod
+    def open(cls, root: str | Path | None = None) -> Workspace:
+        """Open (creating on first use) the workspace at `root`, $LMFORGE_HOME, or
+        ./lmforge-workspace."""
+        root = Path(root or os.environ.get("LMFORGE_HOME") or DEFAULT_ROOT).expanduser()
+        root = root.resolve()
+        if root.exists() and not root.is_dir():
+            raise LmforgeError(f"the workspace path {root} is a file, not a folder",
+                               "pass --workspace (or set LMFORGE_HOME) to a folder")
+        try:
+            for sub in ("artifacts/.staging", "runs"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LmforgeError(f"cannot create the workspace at {root}: {e.strerror}",
+                               "pick a folder you can write to (--workspace)") from None
+        return cls(root, db.connect(root / "registry.db"))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __del__(self) -> None:  # a handle dropped without close() must not leak the DB
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    # -- registering ---------------------------------------------------------------
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh empty folder to fill and then `register`; removed if not registered."""
+        path = Path(tempfile.mkdtemp(prefix="stage-", dir=self.staging_dir))
+        try:
+            yield path
+        finally:
+            remove_tree(path)
+
+    def register(self, src_dir: str | Path, *, kind: str, stage: str,
+                 parents: Parents | None = None, settings: dict[str, Any] | None = None,
+                 metrics: dict[str, Any] | None = None, state: str | None = None,
+                 name: str | None = None) -> Artifact:
+        """Make `src_dir`'s files an immutable artifact and index it. Idempotent: the same
+        kind, files, parents and settings give the same id, and the first registration wins.
+        A folder from `staging()` is moved in; any other folder is copied and left as is."""
+        check_slug(kind, "artifact kind")
+        if not isinstance(stage, str) or not stage.strip():
+            raise LmforgeError(f"stage {stage!r} is not valid", "name the stage that made it")
+        settings, metrics = dict(settings or {}), dict(metrics or {})
+        check_jsonable(settings, "settings")
+        check_jsonable(metrics, "metrics")
+        if state is not None:
+            check_state_name(state)
+            if state not in INITIAL_STATES:
+                raise LmforgeError(f"a new artifact cannot start as {state!r}",
+                                   f"start it as one of {', '.join(INITIAL_STATES)}, "
+                                   f"then move it with set_state")
+        src = Path(src_dir).resolve()
+        if not src.is_dir():
+            raise LmforgeError(f"cannot register {src}: it is not a folder",
+                               "pass the folder that holds the artifact's files")
+        with self._lock:
+            full_parents = parent_ids(self._conn, self.root, parents or {})
+        place = functools.partial(seal_and_place, artifacts_dir=self.artifacts_dir, kind=kind,
+                                  stage=stage, parents=full_parents, settings=settings,
+                                  metrics=metrics, name=name)
+        staging = self.staging_dir.resolve()
+        if src != staging and src.is_relative_to(staging):
+            final, placed = place(src)
+        else:  # copy first: the rename that makes it an artifact must stay on one disk
+            with self.staging() as tmp:
+                shutil.copytree(src, tmp / "a", symlinks=True)
+                final, placed = place(tmp / "a")
+        manifest = read_manifest(final)
+        with self._lock:
+            insert_artifact(self._conn, self.root, manifest, final, state, placed)
+        return Artifact(manifest["id"], kind, final, manifest)
+
+    # -- finding -------------------------------------------------------------------
+
+    def resolve(self, ref: str, kind: str | None = None, verify: bool = True) -> Artifact:
+        """The artifact `ref` names (id, id prefix, alias, `<kind>:latest`, or folder path),
+        checked to be of `kind` and, with `verify`, against every file's sha256."""
+        rec = self.record(ref, kind)
+        if kind is not None and rec.kind != kind:
+            raise LmforgeError(f"{rec.id} is a {rec.kind}, expected a {kind}",
+                               f"pass a {kind} (see `lmforge registry ls --kind {kind}`)")
+        if not rec.path.is_dir():
+            raise LmforgeError(f"artifact {rec.id} is registered but its folder {rec.path} "
+                               f"is missing", "restore the folder from a backup, or re-run "
+                               "the stage that made it")
+        manifest = read_manifest(rec.path)
+        if manifest["id"] != rec.id:
+            raise LmforgeError(f"{rec.path / MANIFEST_NAME} names {manifest['id']}, not "
+                               f"{rec.id}", "restore the artifact folder from a backup")
+        if verify:
+            with self._lock:
+                expected = self._conn.execute("SELECT manifest_sha256 FROM artifacts WHERE "
+                                              "id = ?", (rec.id,)).fetchone()[0]
+            if sha256_file(rec.path / MANIFEST_NAME) != expected:
+                raise LmforgeError(f"artifact {rec.id}: manifest.json was edited after "
+                                   f"registration", "restore it from a backup")
+            verify_files(rec.path, manifest)
+        return Artifact(rec.id, rec.kind, rec.path, manifest)
+
+    def record(self, ref: str, kind: str | None = None) -> ArtifactRecord:
+        """The registry row for `ref`, without reading the artifact folder."""
+        with self._lock:
+            art_id = find_id(self._conn, self.root, ref, kind)
+            row = self._conn.execute("SELECT * FROM artifacts WHERE id = ?",
+                                     (art_id,)).fetchone()
+        return ArtifactRecord.from_row(row, self.root)
+
+    def list(self, kind: str | None = None, state: str | None = None
+             ) -> builtins.list[ArtifactRecord]:
+        """Registered artifacts, newest first, optionally of one kind and/or state."""
+        where, args = [], []
+        for column, value in (("kind", kind), ("state", state)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = "SELECT * FROM artifacts" + (" WHERE " + " AND ".join(where) if where else "")
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY created DESC, rowid DESC",
+                                      args).fetchall()
+        return [ArtifactRecord.from_row(r, self.root) for r in rows]
+
+    def children(self, ref: str, kind: str | None = None) -> builtins.list[ArtifactRecord]:
+        """Artifacts made from `ref` (that name it as a parent), newest first."""
+        art_id = self.record(ref).id
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT DISTINCT a.*, a.rowid FROM parents p JOIN artifacts a ON a.id = "
+                "p.child_id WHERE p.parent_id = :id AND (:kind IS NULL OR a.kind = :kind) "
+                "ORDER BY a.created DESC, a.rowid DESC", {"id": art_id, "kind": kind}).fetchall()
+        return [ArtifactRecord.from_row(r, self.root) for r in rows]
+
+    def lineage(self, ref: str) -> dict[str, Any]:
+        """The tree of what made `ref`: {id, kind, stage, name, state, role, children}."""
+        art_id = self.record(ref).id
+        with self._lock:
+            return lineage_tree(self._conn, art_id)
+
+    # -- aliases -------------------------------------------------------------------
+
+    def set_alias(self, alias: str, ref: str) -> str:
+        """Point `alias` (e.g. `production`) at `ref`; return the full id."""
+        check_slug(alias, "alias", example="production")
+        art_id = self.record(ref).id
+        with self._lock, db.write_transaction(self._conn) as c:
+            if c.execute("SELECT 1 FROM artifacts WHERE id = ?", (alias,)).fetchone():
+                raise LmforgeError(f"alias {alias!r} is an artifact id", "pick another name")
+            c.execute("INSERT INTO aliases (alias, artifact_id, updated) VALUES (?,?,?) "
+                      "ON CONFLICT (alias) DO UPDATE SET artifact_id = excluded.artifact_id, "
+                      "updated = excluded.updated", (alias, art_id, utc_now()))
+        return art_id
+
+    def remove_alias(self, alias: str) -> None:
+        with self._lock, db.write_transaction(self._conn) as c:
+            if c.execute("DELETE FROM aliases WHERE alias = ?", (alias,)).rowcount == 0:
+                raise LmforgeError(f"there is no alias {alias!r}",
+                                   "see aliases with `lmforge registry ls`")
+
+    def aliases(self) -> dict[str, str]:
+        """alias -> artifact id, for every alias."""
+        with self._lock:
+            rows = self._conn.execute("SELECT alias, artifact_id FROM aliases ORDER BY alias")
+            return {r["alias"]: r["artifact_id"] for r in rows}
+
+    def aliases_of(self, ref: str) -> builtins.list[str]:
+        art_id = self.record(ref).id
+        return [a for a, i in self.aliases().items() if i == art_id]
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def state_of(self, ref: str) -> str | None:
+        """The lifecycle state, or None for artifacts without one (non-models)."""
+        return self.record(ref).state
+
+    def set_state(self, ref: str, to_state: str, reason: str, force: bool = False) -> Event:
+        """Move a model to `to_state`, checking the move and (for `approved`) that passing
+        eval and red-team reports of it exist. `force` overrides; the event says so."""
+        with self._lock:
+            return apply_move(self._conn, self.root, ref, to_state, reason, force)
+
+    def history(self, ref: str) -> builtins.list[Event]:
+        """Every lifecycle move of `ref`, oldest first."""
+        art_id = self.record(ref).id
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM events WHERE artifact_id = ? "
+                                      "ORDER BY seq", (art_id,)).fetchall()
+        return [Event.from_row(r) for r in rows]
