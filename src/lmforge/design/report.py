@@ -7,8 +7,14 @@ from typing import Any
 from rich.table import Table
 
 from lmforge.design.estimate import (
-    ASSUMED_MFU, GPU_PEAK_FLOPS, compute_optimal_tokens, count_params, inference_flops_per_token,
-    training_flops_per_token, training_memory, training_seconds,
+    ASSUMED_MFU,
+    GPU_PEAK_FLOPS,
+    compute_optimal_tokens,
+    count_params,
+    inference_flops_per_token,
+    training_flops_per_token,
+    training_memory,
+    training_seconds,
 )
 from lmforge.design.hardware import MatmulPeak
 from lmforge.design.spec import ModelDesign

@@ -75,7 +75,8 @@ def validate(d: ModelDesign) -> None:
             hint="grouped-query attention shares each kv head among n_heads / n_kv_heads "
                  "query heads; pick a divisor of n_heads")
     if d.head_dim % 2:
-        raise LmforgeError(f"{where}: head size {d.head_dim} is odd; rotary embeddings need it even",
+        raise LmforgeError(f"{where}: head size {d.head_dim} is odd; rotary embeddings need "
+                           "it even",
                            hint="change d_model or n_heads")
     if not d.rope_theta > 0:
         raise LmforgeError(f"{where}: rope_theta must be > 0, got {d.rope_theta}")

@@ -7,7 +7,7 @@ seeded generator makes the draw reproducible on any device.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

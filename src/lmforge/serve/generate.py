@@ -5,7 +5,7 @@ The batched engine with continuous batching (serve/engine) builds on the same pi
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 

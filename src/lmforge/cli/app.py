@@ -1,0 +1,71 @@
+"""The root `lmforge` command: global options, and errors shown as one clean line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from lmforge import __version__
+from lmforge.errors import LmforgeError
+from lmforge.registry import Workspace
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="lmforge",
+    help="Take a language model through its whole life: design, curate, initialize, pretrain, "
+         "evaluate, fine-tune, red-team, serve and retire it, with one record of every step.\n\n"
+         "Start with `lmforge run` (the quickstart lifecycle on the embedded corpus), or run "
+         "the stages one by one: design → tokenizer → init → generate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_workspace_root: Path | None = None
+
+
+def workspace() -> Workspace:
+    """The workspace chosen by --workspace, $LMFORGE_HOME, or ./lmforge-workspace."""
+    return Workspace.open(_workspace_root)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"lmforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    workspace_dir: Path = typer.Option(
+        None, "--workspace", "-w", envvar="LMFORGE_HOME",
+        help="Workspace folder (registry + artifacts). Default: ./lmforge-workspace"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    global _workspace_root
+    _workspace_root = workspace_dir
+
+
+def main() -> None:
+    """Console entry point: user mistakes exit 2 with one line, never a traceback."""
+    try:
+        app()
+    except LmforgeError as e:
+        err_console.print(f"[bold red]error:[/] {e.message}", highlight=False)
+        if e.hint:
+            err_console.print(f"  [bold]fix:[/] {e.hint}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:  # e.g. `lmforge registry ls | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

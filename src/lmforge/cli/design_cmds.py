@@ -1,0 +1,53 @@
+"""`lmforge design`: stage 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from lmforge.cli.app import app, console, workspace
+from lmforge.design.estimate import GPU_PEAK_FLOPS
+from lmforge.design.hardware import measure_matmul_peak
+from lmforge.design.report import design_report, design_table
+from lmforge.design.spec import PRESETS, from_preset, load_toml
+from lmforge.design.stage import apply_overrides, register_design
+from lmforge.errors import LmforgeError
+
+
+@app.command(help="Stage 1: design an architecture and see what it costs: parameters, "
+                  "FLOPs/token, training memory, compute-optimal tokens, time on this machine.")
+def design(
+    preset: str = typer.Option(None, "--preset", "-p",
+                               help=f"Start from a preset: {', '.join(PRESETS)}."),
+    file: Path = typer.Option(None, "--file", "-f", help="A design TOML ([model] table)."),
+    vocab_size: int = typer.Option(None, help="Override the vocabulary size."),
+    context_length: int = typer.Option(None, help="Override the context length."),
+    batch_size: int = typer.Option(8, help="Micro-batch (sequences) for the memory estimate."),
+    gpu: str = typer.Option(None,
+                            help=f"Also estimate time on a GPU: {', '.join(GPU_PEAK_FLOPS)}."),
+    benchmark: bool = typer.Option(True, "--benchmark/--no-benchmark",
+                                   help="Measure this machine's matmul peak for the time "
+                                        "estimate."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    register: bool = typer.Option(True, "--register/--no-register",
+                                  help="Record the design as an artifact in the workspace."),
+) -> None:
+    if (preset is None) == (file is None):
+        raise LmforgeError("give exactly one of --preset or --file",
+                           hint="e.g. lmforge design --preset tiny "
+                                f"(presets: {', '.join(PRESETS)})")
+    base = from_preset(preset) if preset is not None else load_toml(file)
+    design_ = apply_overrides(base, vocab_size=vocab_size, context_length=context_length)
+    peak = measure_matmul_peak() if benchmark else None
+    report = design_report(design_, batch_size, peak, gpu)
+    if register:
+        art, _ = register_design(workspace(), design_, batch_size, peak)
+        report["artifact"] = art.id
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    console.print(design_table(report))
+    if "artifact" in report:
+        console.print(f"registered design [bold]{report['artifact']}[/]")

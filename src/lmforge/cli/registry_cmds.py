@@ -1,0 +1,54 @@
+"""`lmforge registry`: the record of every artifact, its lineage and lifecycle."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from lmforge.cli.app import app, console, workspace
+from lmforge.registry import render
+
+registry_app = typer.Typer(help="List, inspect and trace artifacts in the workspace.",
+                           no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("ls", help="List artifacts, newest first.")
+def ls(
+    kind: str = typer.Option(None, help="Only this kind (dataset, tokenizer, design, model, ...)."),
+    state: str = typer.Option(None, help="Only models in this lifecycle state."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines."),
+) -> None:
+    ws = workspace()
+    records = ws.list(kind=kind, state=state)
+    if as_json:
+        for r in records:
+            print(json.dumps({"id": r.id, "kind": r.kind, "stage": r.stage, "state": r.state,
+                              "name": r.name, "created": r.created}))
+        return
+    console.print(render.artifacts_table(records, ws.aliases()))
+
+
+@registry_app.command(help="Everything about one artifact: parents, settings, metrics, files "
+                           "with checksums (verified), lifecycle events.")
+def show(
+    ref: str = typer.Argument(..., help="Id, id prefix, alias, kind:latest or folder."),
+) -> None:
+    ws = workspace()
+    art = ws.resolve(ref)
+    console.print(render.show(art, ws.state_of(art.id), ws.history(art.id), ws.aliases_of(art.id)))
+
+
+@registry_app.command(help="The tree of what made an artifact, back to its sources.")
+def lineage(ref: str = typer.Argument(..., help="Id, id prefix, alias or kind:latest.")) -> None:
+    console.print(render.lineage_tree(workspace().lineage(ref)))
+
+
+@registry_app.command(help="Point a name (e.g. production) at an artifact.")
+def alias(
+    name: str = typer.Argument(..., help="The alias."),
+    ref: str = typer.Argument(..., help="The artifact it names."),
+) -> None:
+    art_id = workspace().set_alias(name, ref)
+    console.print(f"{name} -> {art_id}")

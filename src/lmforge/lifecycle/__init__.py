@@ -1,0 +1,1 @@
+"""Recipes and the stage runner: the lifecycle as one command."""

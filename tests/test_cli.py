@@ -1,0 +1,140 @@
+"""The foundation as a user meets it: the commands of the README, and clean errors."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+WORDS = ("the quick brown fox jumps over a lazy dog while os path join builds file names "
+         "from parts and textwrap dedent removes common leading whitespace").split()
+
+
+@pytest.fixture
+def corpus_file(tmp_path: Path) -> Path:
+    rng = torch.Generator().manual_seed(0)
+    lines = []
+    for _ in range(400):
+        idx = torch.randint(0, len(WORDS), (12,), generator=rng).tolist()
+        lines.append(" ".join(WORDS[i] for i in idx) + ".")
+    f = tmp_path / "docs.txt"
+    f.write_text("\n".join(lines), encoding="utf-8")
+    return f
+
+
+@pytest.fixture
+def design_file(tmp_path: Path) -> Path:
+    f = tmp_path / "mini.toml"
+    f.write_text("[model]\nn_layers = 2\nd_model = 64\nn_heads = 4\nn_kv_heads = 2\n"
+                 "vocab_size = 400\ncontext_length = 64\n")
+    return f
+
+
+def artifact_id(text: str, kind: str) -> str:
+    return next(w.strip(":,()") for w in text.split() if w.startswith(f"{kind}-"))
+
+
+@pytest.fixture
+def model_v0(cli, corpus_file, design_file):
+    code, out, err = cli("tokenizer", "train", "--input", corpus_file, "--vocab-size", 400)
+    assert code == 0, err
+    tok = artifact_id(out, "tokenizer")
+    code, out, err = cli("init", "--design", design_file, "--tokenizer", tok, "--seed", 1)
+    assert code == 0, err
+    return artifact_id(out, "model"), tok
+
+
+def test_help_lists_every_verb_with_a_purpose(cli):
+    code, out, _ = cli("--help")
+    assert code == 0
+    for verb in ("design", "corpus", "tokenizer", "init", "generate", "registry", "export",
+                 "import", "run"):
+        assert verb in out
+
+
+def test_design_json_and_registration(cli):
+    code, out, err = cli("design", "--preset", "tiny", "--json", "--no-benchmark")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["params"]["total"] == 4_000_000
+    assert report["artifact"].startswith("design-")
+    code, out, _ = cli("registry", "ls", "--kind", "design", "--json")
+    assert json.loads(out.splitlines()[0])["id"] == report["artifact"]
+
+
+def test_init_generate_and_lineage(cli, model_v0):
+    model, tok = model_v0
+    code, out, err = cli("generate", model, "--prompt", "the quick", "--max-tokens", 10,
+                         "--seed", 0)
+    assert code == 0, err and out.startswith("the quick")
+    _, again, _ = cli("generate", model, "--prompt", "the quick", "--max-tokens", 10, "--seed", 0)
+    assert again == out  # seeded sampling is reproducible
+    code, out, _ = cli("registry", "lineage", model)
+    assert code == 0 and tok in out and "design-" in out
+    code, out, _ = cli("registry", "show", model)
+    assert "initialized" in out and "model.safetensors" in out
+
+
+def test_export_loads_in_transformers_and_imports_back(cli, model_v0, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from lmforge.model.io import load_model_dir
+
+    model, _ = model_v0
+    out_dir = tmp_path / "hf"
+    code, _, err = cli("export", model, "--format", "hf", "--out", out_dir)
+    assert code == 0, err
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out_dir).eval()
+    ours, tok = load_model_dir(out_dir)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out_dir)
+    text = "the lazy dog"
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
+    ids = torch.tensor([[tok.bos_id] + tok.encode(text) * 3])
+    with torch.no_grad():
+        assert torch.allclose(ours(ids), hf(input_ids=ids).logits, atol=1e-4)
+    code, out, err = cli("import", out_dir, "--name", "round-trip")
+    assert code == 0, err
+    imported = artifact_id(out, "model")
+    code, _, _ = cli("generate", imported, "--prompt", "the", "--max-tokens", 3)
+    assert code == 0
+
+
+def one_clean_error(code: int, err: str, *words: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err and err.startswith("error:")
+    for w in words:
+        assert w in err, err
+
+
+def test_bad_input_gets_one_clear_line_and_exit_2(cli, tmp_path, corpus_file):
+    code, _, err = cli("design", "--preset", "huge", "--no-benchmark")
+    one_clean_error(code, err, "unknown design preset 'huge'", "tiny")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    code, _, err = cli("design", "--file", bad, "--no-benchmark")
+    one_clean_error(code, err, "malformed TOML", "bad.toml")
+    code, _, err = cli("tokenizer", "train", "--input", tmp_path / "missing.txt")
+    one_clean_error(code, err, "missing.txt")
+    code, _, err = cli("generate", "model-0000")
+    one_clean_error(code, err, "model-0000")
+
+
+def test_tokenizer_larger_than_the_model_vocab_is_refused(cli, corpus_file, tmp_path):
+    code, out, _ = cli("tokenizer", "train", "--input", corpus_file, "--vocab-size", 400)
+    tok = artifact_id(out, "tokenizer")
+    before = sorted(p.name for p in (cli.workspace / "artifacts").rglob("*"))
+    code, _, err = cli("init", "--design", "tiny", "--tokenizer", tok, "--vocab-size", 300)
+    one_clean_error(code, err, "vocab")
+    after = sorted(p.name for p in (cli.workspace / "artifacts").rglob("*"))
+    assert after == before  # nothing written half-way
+
+
+def test_corrupted_weights_are_refused_naming_the_file(cli, model_v0):
+    model, _ = model_v0
+    weights = next((cli.workspace / "artifacts" / "model").glob(f"{model}*/model.safetensors"))
+    os.chmod(weights, 0o644)
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0x01
+    weights.write_bytes(bytes(data))
+    code, _, err = cli("generate", model, "--prompt", "the")
+    one_clean_error(code, err, "model.safetensors", model)
