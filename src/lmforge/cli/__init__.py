@@ -1,6 +1,11 @@
 """Command-line interface: one verb per lifecycle stage, one module per group of verbs."""
 
-from lmforge.cli import data_cmds, design_cmds, model_cmds, registry_cmds, run_cmd  # noqa: F401
+import importlib
+
 from lmforge.cli.app import app, main
+
+# Importing a module registers its verbs; this order is the order `lmforge --help` shows.
+for _module in ("run_cmd", "design_cmds", "data_cmds", "model_cmds", "registry_cmds"):
+    importlib.import_module(f"lmforge.cli.{_module}")
 
 __all__ = ["app", "main"]

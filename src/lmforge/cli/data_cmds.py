@@ -9,10 +9,11 @@ from lmforge.data.stage import EMBEDDED, register_pydocs, train_tokenizer_stage
 
 tokenizer_app = typer.Typer(help="Train byte-level BPE tokenizers with chat special tokens.",
                             no_args_is_help=True)
-app.add_typer(tokenizer_app, name="tokenizer")
+app.add_typer(tokenizer_app, name="tokenizer", rich_help_panel="Lifecycle stages")
 
 
-@app.command(help="Register the embedded default corpus (the documentation shipped with "
+@app.command(rich_help_panel="Lifecycle stages",
+             help="Register the embedded default corpus (the documentation shipped with "
                   "Python: pydoc topics and standard-library docstrings) as a dataset.")
 def corpus() -> None:
     art = register_pydocs(workspace())

@@ -16,7 +16,8 @@ from lmforge.design.stage import apply_overrides, register_design
 from lmforge.errors import LmforgeError
 
 
-@app.command(help="Stage 1: design an architecture and see what it costs: parameters, "
+@app.command(rich_help_panel="Lifecycle stages",
+             help="Stage 1: design an architecture and see what it costs: parameters, "
                   "FLOPs/token, training memory, compute-optimal tokens, time on this machine.")
 def design(
     preset: str = typer.Option(None, "--preset", "-p",

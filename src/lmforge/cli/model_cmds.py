@@ -16,7 +16,8 @@ from lmforge.serve.generate import generate_tokens
 from lmforge.serve.sampling import SamplingParams
 
 
-@app.command(help="Stage 3: create model v0 with random weights from a design and a tokenizer. "
+@app.command(rich_help_panel="Lifecycle stages",
+             help="Stage 3: create model v0 with random weights from a design and a tokenizer. "
                   "It can produce output, but the output is random.")
 def init(
     design: str = typer.Option(..., "--design", "-d",
@@ -31,7 +32,8 @@ def init(
                   "state initialized")
 
 
-@app.command(help="Generate text from a model (artifact id, alias or model folder), "
+@app.command(rich_help_panel="Use and move models",
+             help="Generate text from a model (artifact id, alias or model folder), "
                   "streamed to the terminal.")
 def generate(
     model: str = typer.Argument(..., help="Model artifact id/prefix/alias, or a model folder."),
@@ -58,7 +60,8 @@ def generate(
     sys.stdout.write(stream.flush() + "\n")
 
 
-@app.command("export", help="Write a model in Hugging Face format (loads as LlamaForCausalLM "
+@app.command("export", rich_help_panel="Use and move models",
+             help="Write a model in Hugging Face format (loads as LlamaForCausalLM "
                             "in transformers, vLLM and friends).")
 def export(
     model: str = typer.Argument(..., help="Model artifact id/prefix/alias."),
@@ -73,7 +76,8 @@ def export(
     console.print(f"exported {art.id} to {out} ({', '.join(files)})")
 
 
-@app.command("import", help="Register a Hugging Face Llama checkpoint folder as a model.")
+@app.command("import", rich_help_panel="Use and move models",
+             help="Register a Hugging Face Llama checkpoint folder as a model.")
 def import_(
     folder: Path = typer.Argument(...,
                                   help="Folder with config.json, safetensors, tokenizer.json."),

@@ -11,7 +11,7 @@ from lmforge.registry import render
 
 registry_app = typer.Typer(help="List, inspect and trace artifacts in the workspace.",
                            no_args_is_help=True)
-app.add_typer(registry_app, name="registry")
+app.add_typer(registry_app, name="registry", rich_help_panel="The record")
 
 
 @registry_app.command("ls", help="List artifacts, newest first.")

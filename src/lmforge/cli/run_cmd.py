@@ -10,7 +10,8 @@ from lmforge.cli.app import app, console, workspace
 from lmforge.lifecycle.quickstart import QuickstartSettings, run_quickstart
 
 
-@app.command(help="Run the quickstart lifecycle on the embedded corpus (the documentation "
+@app.command(rich_help_panel="Start here",
+             help="Run the quickstart lifecycle on the embedded corpus (the documentation "
                   "shipped with Python): corpus, tokenizer, design, init, sample. Running it "
                   "again reuses every artifact whose inputs are unchanged.")
 def run(
