@@ -206,7 +206,9 @@ def build_pydocs_corpus() -> list[Document]:
     """Every pydoc topic and standard-library docstring of this Python, sorted by id."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     docstrings: list[Document | None] = list(_source_docs(stdlib))
-    for name in _compiled_module_names(Path(sysconfig.get_paths()["platstdlib"])):
+    # "stdlib" is the base installation's even inside a virtual environment, where
+    # "platstdlib" points into the venv (which has no lib-dynload).
+    for name in _compiled_module_names(stdlib):
         docstrings.extend(_compiled_docs(name))
     docs = _topic_docs() + _unique_ids(docstrings)
     if not docs:
