@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from lmforge.data.clean import clean_documents
 from lmforge.data.corpora.pydocs import build_pydocs_corpus, corpus_stats
 from lmforge.data.documents import (
     Document,
@@ -12,6 +13,7 @@ from lmforge.data.documents import (
     read_documents,
     write_documents_jsonl,
 )
+from lmforge.data.shards import tokenize_to_shards
 from lmforge.errors import LmforgeError
 from lmforge.registry import Artifact, Workspace, atomic_write_json
 from lmforge.tokenizer import train_tokenizer
@@ -28,6 +30,22 @@ def register_pydocs(ws: Workspace) -> Artifact:
         return ws.register(d, kind="dataset", stage="corpus", parents=None,
                            settings={"corpus": EMBEDDED}, metrics=corpus_stats(docs),
                            name="pydocs")
+
+
+def register_files(ws: Workspace, paths: Sequence[str], text_field: str = "text",
+                   name: str = "files") -> Artifact:
+    """Documents read from text/JSONL files, folders or globs, as a dataset artifact.
+
+    The id follows the documents, not where they lie: the same files moved elsewhere give the
+    same artifact; the paths read are kept in the metrics for the record.
+    """
+    docs = list(read_documents(list(paths), text_field=text_field))
+    with ws.staging() as d:
+        write_documents_jsonl(docs, d / DOCUMENTS_FILE)
+        return ws.register(d, kind="dataset", stage="files", parents=None,
+                           settings={"text_field": text_field},
+                           metrics={**corpus_stats(docs), "paths": [str(p) for p in paths]},
+                           name=name)
 
 
 def resolve_inputs(ws: Workspace, inputs: Sequence[str],
@@ -86,3 +104,52 @@ def train_tokenizer_stage(ws: Workspace, inputs: Sequence[str], vocab_size: int,
                                      "text_field": text_field},
                            metrics={"vocab_size": tok.vocab_size, **counts},
                            name=f"bpe-{tok.vocab_size}")
+
+
+def _single_input(ws: Workspace, ref: str) -> tuple[Iterator[Document], dict, dict]:
+    """One input (dataset ref, file, folder, glob or `pydocs`) -> documents, the parent
+    entry naming it, and settings recording it when it is a path (which has no id)."""
+    docs, parent_ids = resolve_inputs(ws, [ref])
+    if parent_ids:
+        return docs, {"data": parent_ids[0]}, {}
+    return docs, {}, {"inputs": [str(ref)]}
+
+
+def clean_stage(ws: Workspace, dataset_ref: str, min_chars: int = 64,
+                max_chars: int = 100_000) -> Artifact:
+    """Basic cleaning (normalize, length bounds, exact dedup) as a new dataset artifact."""
+    docs, parents, settings = _single_input(ws, dataset_ref)
+    kept, stats = clean_documents(docs, min_chars=min_chars, max_chars=max_chars)
+    if not kept:
+        raise LmforgeError(f"cleaning removed every document of {dataset_ref} "
+                           f"({stats['input']} in: {stats['removed']})",
+                           hint="check the input, or loosen --min-chars / --max-chars")
+    with ws.staging() as d:
+        write_documents_jsonl(kept, d / DOCUMENTS_FILE)
+        atomic_write_json(d / "stats.json", stats)
+        return ws.register(d, kind="dataset", stage="clean", parents=parents or None,
+                           settings={"min_chars": min_chars, "max_chars": max_chars,
+                                     **settings},
+                           metrics={"documents": stats["kept"],
+                                    "characters": stats["characters_out"], **stats})
+
+
+def tokenize_stage(ws: Workspace, dataset_ref: str, tokenizer_ref: str,
+                   val_fraction: float = 0.05, seed: int = 0, workers: int = 0,
+                   show_progress: bool = True) -> Artifact:
+    """Tokenize a dataset into train/val token shards (kind "tokens") with `index.json`."""
+    tokenizer = ws.resolve(tokenizer_ref, kind="tokenizer")
+    docs, parents, settings = _single_input(ws, dataset_ref)
+    with ws.staging() as d:
+        index = tokenize_to_shards(docs, tokenizer.file("tokenizer.json"), d,
+                                   val_fraction=val_fraction, seed=seed, workers=workers,
+                                   show_progress=show_progress)
+        train, val = index["splits"]["train"], index["splits"]["val"]
+        # `workers` is left out of the settings: it does not change a byte of the output.
+        return ws.register(d, kind="tokens", stage="tokenize",
+                           parents={**parents, "tokenizer": tokenizer.id},
+                           settings={"val_fraction": val_fraction, "seed": seed, **settings},
+                           metrics={"train_tokens": train["tokens"], "val_tokens": val["tokens"],
+                                    "train_documents": train["documents"],
+                                    "val_documents": val["documents"],
+                                    "val_bytes": val["bytes"], "dtype": index["dtype"]})
