@@ -29,9 +29,7 @@ def save_model_dir(model: Transformer, out: Path, tokenizer: Tokenizer, card: st
     d = model.design
     check_vocab(tokenizer, d, where=str(out))
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    if d.tie_embeddings:  # safetensors refuses shared storage; HF also omits the tied head
-        state.pop("lm_head.weight", None)
+    state = savable_state(model)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     tmp = out / (WEIGHTS + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
@@ -46,6 +44,15 @@ def save_model_dir(model: Transformer, out: Path, tokenizer: Tokenizer, card: st
     for name, content in hf_tokenizer_files(tokenizer).items():
         atomic_write_json(out / name, content)
     atomic_write_text(out / "MODEL_CARD.md", card)
+
+
+def savable_state(model: Transformer) -> dict[str, torch.Tensor]:
+    """The state dict as safetensors takes it: on the CPU, contiguous, a tied head left out
+    (safetensors refuses shared storage; HF also omits the tied lm_head)."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if model.design.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return state
 
 
 def check_vocab(tokenizer: Tokenizer, d: ModelDesign, where: str) -> None:

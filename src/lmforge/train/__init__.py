@@ -1,0 +1,1 @@
+"""Training: one loop; objectives, optimizers, schedules and checkpoints plug into it."""

@@ -1,0 +1,206 @@
+"""The training loop: one loop for every stage; the objective decides what is learned.
+
+Per step: set the scheduled learning rate, accumulate gradients over micro-batches, clip,
+step the optimizers; every so often evaluate, sample and checkpoint. A step's data is a pure
+function of (seed, step), so a resumed run continues exactly where a checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from lmforge.design.estimate import training_flops_per_token
+from lmforge.design.hardware import auto_device, default_dtype_for, measure_matmul_peak
+from lmforge.errors import LmforgeError
+from lmforge.model.io import savable_state
+from lmforge.model.transformer import Transformer
+from lmforge.train.batches import TokenSource, train_micro_batches, validation_batches
+from lmforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lmforge.train.objectives import Objective
+from lmforge.train.optim import build_optimizers
+from lmforge.train.progress import MetricsLog, TrainProgress
+from lmforge.train.schedule import lr_multiplier
+from lmforge.train.settings import TrainSettings
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    train_loss: float | None
+    val_loss: float | None  # the best validation loss seen
+    best_step: int | None
+    seconds: float
+    stopped_early: bool
+    history: list[dict] = field(default_factory=list)
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was written before leaving."""
+
+
+def resolve_device(name: str) -> torch.device:
+    return auto_device() if name == "auto" else torch.device(name)
+
+
+def autocast_dtype(s: TrainSettings, device: torch.device) -> torch.dtype | None:
+    if s.dtype == "bfloat16" or (s.dtype == "auto" and default_dtype_for(device) == torch.bfloat16):
+        return torch.bfloat16
+    return None
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, objective: Objective, source: TokenSource, s: TrainSettings,
+             device: torch.device, amp: torch.dtype | None) -> float:
+    model.eval()
+    total, batches = 0.0, 0
+    for batch in validation_batches(source, s.seq_len, s.micro_batch, s.eval_batches, device):
+        with _autocast(device, amp):
+            total += objective(model, batch)[0].item()
+        batches += 1
+    model.train()
+    return total / max(1, batches)
+
+
+def _autocast(device: torch.device, amp: torch.dtype | None):
+    return torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """SIGINT/SIGTERM set a flag the loop checks after each step; a second Ctrl-C is immediate."""
+    flag = {"stop": False}
+    previous = {}
+
+    def handler(signum, frame):
+        if flag["stop"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not in the main thread: no handlers
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield flag
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def train(model: Transformer, objective: Objective, train_src: TokenSource,
+          val_src: TokenSource, s: TrainSettings, run_dir: Path,
+          sample: Callable[[Transformer], list[str]] | None = None,
+          on_step: Callable[[int], None] | None = None, show_progress: bool = True,
+          bits_per_token_scale: float | None = None) -> TrainResult:
+    run_dir = Path(run_dir)
+    device = resolve_device(s.device)
+    amp = autocast_dtype(s, device)
+    model.to(device).train()
+    optimizers = build_optimizers(model, s.optimizer, s.lr, s.weight_decay, (s.beta1, s.beta2),
+                                  s.muon_lr, device)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    step_fn = torch.compile(model) if s.compile else model
+    total = s.total_steps(train_src.tokens)
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    # JSON-able (it goes into every checkpoint): None until there is a value.
+    state = {"elapsed": 0.0, "best_val": None, "best_step": None, "bad_evals": 0,
+             "train_loss": None, "val_loss": None}
+    start = 0
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        saved = load_checkpoint(ckpt, model, optimizers)
+        start, state = saved["step"], saved["loop"]
+        if show_progress:
+            print(f"resuming {run_dir.name} from its checkpoint at step {start}", flush=True)
+    log.truncate_after(start)  # lines written after the checkpoint belong to a lost future
+    flops = training_flops_per_token(model.design, s.seq_len)
+    peak = measure_matmul_peak(device, amp or torch.float32, seconds=0.3).flops_per_second
+    progress = TrainProgress(total, start, enabled=show_progress)
+    stopped_early = False
+    done = start
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(run_dir, step, model, optimizers, {"loop": state})
+
+    with _stop_requests() as stop, progress:
+        for step in range(start, total):
+            t0 = time.perf_counter()
+            mult = lr_multiplier(step, total, s.warmup_steps, s.schedule, s.min_lr_ratio)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"] * mult
+            loss_sum = 0.0
+            for batch in train_micro_batches(train_src, step, s.seed, s.micro_batch,
+                                             s.accumulation, s.seq_len, device):
+                with _autocast(device, amp):
+                    loss = objective(step_fn, batch)[0] / s.accumulation
+                loss.backward()
+                loss_sum += loss.item()
+            if not math.isfinite(loss_sum):
+                raise LmforgeError(f"training diverged at step {step + 1} (loss {loss_sum})",
+                                   hint="lower the learning rate or raise warmup_steps")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip).item()
+            for opt in optimizers:
+                opt.step()
+            model.zero_grad(set_to_none=True)
+            done = step + 1
+            seconds = time.perf_counter() - t0
+            state["elapsed"] += seconds
+            state["train_loss"] = loss_sum
+            tokens_per_s = s.batch_tokens / seconds
+            record = {"step": step + 1, "loss": loss_sum, "lr_mult": mult, "grad_norm": grad_norm,
+                      "tokens": (step + 1) * s.batch_tokens, "tokens_per_s": tokens_per_s,
+                      "mfu": tokens_per_s * flops / peak, "elapsed_s": state["elapsed"]}
+            last = step + 1 == total
+            if (step + 1) % s.eval_every == 0 or last:
+                val = evaluate(model, objective, val_src, s, device, amp)
+                record["val_loss"] = state["val_loss"] = val
+                if bits_per_token_scale:
+                    record["val_bpb"] = val * bits_per_token_scale
+                if state["best_val"] is None or val < state["best_val"]:
+                    state.update(best_val=val, best_step=step + 1, bad_evals=0)
+                    save_best(model, run_dir)
+                else:
+                    state["bad_evals"] += 1
+                progress.note(record)
+                stopped_early = bool(s.early_stop_patience) and \
+                    state["bad_evals"] >= s.early_stop_patience
+            if sample is not None and s.sample_every and (step + 1) % s.sample_every == 0:
+                record["samples"] = sample(model)
+                progress.samples(record["samples"])
+            log.write(record)
+            progress.update(record)
+            if on_step is not None:
+                on_step(step + 1)
+            if (step + 1) % s.checkpoint_every == 0 or last or stopped_early:
+                checkpoint(step + 1)
+            if stopped_early:
+                progress.message(f"validation loss has not improved for "
+                                 f"{s.early_stop_patience} evaluations: stopping at step "
+                                 f"{step + 1}; keeping step {state['best_step']}")
+                break
+            if stop["stop"]:
+                checkpoint(step + 1)
+                raise Interrupted(f"stopped at step {step + 1}; checkpoint saved")
+    return TrainResult(steps=done, tokens=done * s.batch_tokens,
+                       train_loss=state["train_loss"], val_loss=state["best_val"],
+                       best_step=state["best_step"], seconds=state["elapsed"],
+                       stopped_early=stopped_early, history=log.read())
+
+
+def save_best(model: Transformer, run_dir: Path) -> None:
+    """The weights with the lowest validation loss so far (what early stopping keeps)."""
+    tmp = run_dir / "best.safetensors.tmp"
+    save_file(savable_state(model), str(tmp))
+    tmp.replace(run_dir / "best.safetensors")

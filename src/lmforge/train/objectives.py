@@ -1,0 +1,37 @@
+"""Objectives: given the model and a batch, the loss and the metrics to log.
+
+The training loop knows nothing else about what it trains. Pretraining and domain adaptation
+use NextToken; SFT, reward and DPO objectives join here in the fine-tuning stages.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from lmforge.model.transformer import Transformer
+
+IGNORE = -100  # target id that contributes no loss (padding, prompt tokens under SFT)
+
+
+class Objective(Protocol):
+    name: str
+
+    def __call__(self, model: Transformer, batch: tuple[torch.Tensor, ...]
+                 ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class NextToken:
+    """Mean cross-entropy of every next token (inputs, targets) — plain language modelling."""
+
+    name = "next_token"
+
+    def __call__(self, model: Transformer, batch: tuple[torch.Tensor, ...]
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs, targets = batch[0], batch[1]
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=IGNORE)
+        return loss, {}

@@ -1,0 +1,45 @@
+"""Optimizers for a Transformer: AdamW everywhere, or Muon for hidden matrices + AdamW."""
+
+from __future__ import annotations
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.model.transformer import Transformer
+from lmforge.train.muon import Muon
+
+OPTIMIZERS = ("adamw", "muon")
+
+
+def param_groups(model: Transformer) -> tuple[list, list, list]:
+    """(hidden matrices, embedding/head matrices, 1-D gains). A tied weight appears once."""
+    hidden, embed, gains = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2:
+            gains.append(p)
+        elif "embed_tokens" in name or "lm_head" in name:
+            embed.append(p)
+        else:
+            hidden.append(p)
+    return hidden, embed, gains
+
+
+def build_optimizers(model: Transformer, name: str, lr: float, weight_decay: float,
+                     betas: tuple[float, float], muon_lr: float, device: torch.device
+                     ) -> list[torch.optim.Optimizer]:
+    """Decay matrices, not gains (the usual GPT practice); fused AdamW where the device has it."""
+    if name not in OPTIMIZERS:
+        raise LmforgeError(f"unknown optimizer '{name}'",
+                           hint=f"choose one of: {', '.join(OPTIMIZERS)}")
+    hidden, embed, gains = param_groups(model)
+    fused = device.type in ("cuda", "mps") or None
+    if name == "adamw":
+        groups = [{"params": hidden + embed, "weight_decay": weight_decay},
+                  {"params": gains, "weight_decay": 0.0}]
+        return [torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)]
+    adam = torch.optim.AdamW([{"params": embed, "weight_decay": weight_decay},
+                              {"params": gains, "weight_decay": 0.0}],
+                             lr=lr, betas=betas, fused=fused)
+    return [Muon(hidden, lr=muon_lr, weight_decay=weight_decay), adam]

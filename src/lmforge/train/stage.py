@@ -1,0 +1,105 @@
+"""Stage 4 (and the shape of every training stage): a model + token data + settings -> a run
+folder with checkpoints and metrics -> a registered model artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from safetensors.torch import load_file
+
+from lmforge.data.shards import TokenShards
+from lmforge.errors import LmforgeError
+from lmforge.model.io import load_model_dir, save_model_dir
+from lmforge.model.stage import model_card
+from lmforge.model.transformer import Transformer
+from lmforge.registry import Artifact, Workspace, atomic_write_json
+from lmforge.serve.generate import generate_tokens
+from lmforge.serve.sampling import SamplingParams
+from lmforge.tokenizer import Tokenizer
+from lmforge.train.loop import Interrupted, TrainResult, train
+from lmforge.train.objectives import NextToken
+from lmforge.train.settings import TrainSettings
+
+SAMPLE_PROMPTS = ("What does os.path.join do?", "Once upon a time")
+
+
+def run_id_for(model_id: str, data_id: str, s: TrainSettings) -> str:
+    digest = hashlib.sha256(f"{model_id}|{data_id}|{s.key()}".encode()).hexdigest()
+    return f"pretrain-{digest[:12]}"
+
+
+def sampler(tok: Tokenizer, prompts: tuple[str, ...], tokens: int = 40):
+    params = SamplingParams(temperature=0.8, top_k=50, max_new_tokens=tokens, seed=0)
+
+    def sample(model: Transformer) -> list[str]:
+        model.eval()
+        out = []
+        for p in prompts:
+            ids = list(generate_tokens(model, [tok.bos_id] + tok.encode(p), params,
+                                       stop_ids=(tok.bos_id, tok.eos_id)))
+            out.append(p + tok.decode(ids, skip_special=True))
+        model.train()
+        return out
+
+    return sample
+
+
+def check_inputs(model: Transformer, train_src: TokenShards, val_src: TokenShards,
+                 s: TrainSettings, data_id: str) -> None:
+    """Everything that would make step 1 fail, said before it runs."""
+    d = model.design
+    train_src.check_vocab(d.vocab_size)
+    if s.seq_len > d.context_length:
+        raise LmforgeError(f"seq_len {s.seq_len} exceeds the model's context length "
+                           f"{d.context_length}", hint=f"use --seq-len {d.context_length} or less")
+    for name, src in (("training", train_src), ("validation", val_src)):
+        if src.tokens < s.seq_len + 2:
+            raise LmforgeError(f"dataset {data_id}: the {name} split has {src.tokens} tokens, "
+                               f"fewer than one sequence of {s.seq_len}",
+                               hint="give more data or a shorter --seq-len")
+
+
+def pretrain_stage(ws: Workspace, model_ref: str, tokens_ref: str, s: TrainSettings,
+                   show_progress: bool = True, prompts: tuple[str, ...] = SAMPLE_PROMPTS,
+                   on_step=None) -> tuple[Artifact, TrainResult]:
+    base = ws.resolve(model_ref, kind="model")
+    data = ws.resolve(tokens_ref, kind="tokens")
+    model, tok = load_model_dir(base.path)
+    train_src, val_src = TokenShards(data.path, "train"), TokenShards(data.path, "val")
+    check_inputs(model, train_src, val_src, s, data.id)
+    run_dir = ws.runs_dir / run_id_for(base.id, data.id, s)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "run.json", {"stage": "pretrain", "model": base.id,
+                                             "data": data.id, "settings": s.to_dict()})
+    torch.manual_seed(s.seed)
+    val_bytes = val_src.index.get("val_bytes") or 0
+    bpb_scale = val_src.tokens / (math.log(2) * val_bytes) if val_bytes else None
+    try:
+        result = train(model, NextToken(), train_src, val_src, s, run_dir,
+                       sample=sampler(tok, prompts), on_step=on_step,
+                       show_progress=show_progress, bits_per_token_scale=bpb_scale)
+    except Interrupted as e:
+        raise Interrupted(f"run {run_dir.name}: {e}") from None
+    if s.early_stop_patience and (run_dir / "best.safetensors").is_file():
+        model.load_state_dict(load_file(str(run_dir / "best.safetensors")), strict=False)
+    model.to("cpu").float()
+    metrics = {"steps": result.steps, "tokens": result.tokens, "train_loss": result.train_loss,
+               "val_loss": result.val_loss, "best_step": result.best_step,
+               "train_seconds": round(result.seconds, 1), "stopped_early": result.stopped_early}
+    if bpb_scale:
+        metrics["val_bpb"] = result.val_loss * bpb_scale
+    card = model_card(model.design, f"{model.design.name} (pretrained)",
+                      f"Pretrained from {base.id} on {data.id} for {result.steps} steps "
+                      f"({result.tokens:,} tokens); validation loss {result.val_loss:.3f}.")
+    with ws.staging() as d:
+        save_model_dir(model, d, tok, card)
+        (d / "training_metrics.jsonl").write_bytes((run_dir / "metrics.jsonl").read_bytes())
+        art = ws.register(d, kind="model", stage="pretrain",
+                          parents={"base": base.id, "data": data.id,
+                                   **({"tokenizer": base.parents["tokenizer"]}
+                                      if "tokenizer" in base.parents else {})},
+                          settings=s.to_dict(), metrics=metrics, state="pretrained",
+                          name=f"{model.design.name}-pretrained")
+    return art, result
