@@ -1,4 +1,4 @@
-"""`lmforge run`: the quickstart lifecycle in one command."""
+"""`lmforge run`: a recipe's lifecycle in one command, resumable and incremental."""
 
 from __future__ import annotations
 
@@ -7,19 +7,33 @@ import time
 import typer
 
 from lmforge.cli.app import app, console, workspace
-from lmforge.lifecycle.quickstart import QuickstartSettings, run_quickstart
+from lmforge.lifecycle.recipe import load_recipe
+from lmforge.lifecycle.runner import results_table, run_recipe
+from lmforge.lifecycle.stages import STAGES
 
 
 @app.command(rich_help_panel="Start here",
-             help="Run the quickstart lifecycle on the embedded corpus (the documentation "
-                  "shipped with Python): corpus, tokenizer, design, init, sample. Running it "
-                  "again reuses every artifact whose inputs are unchanged.")
+             help="Run a recipe's stages in order (default: the built-in quickstart on the "
+                  "embedded corpus: corpus, clean, tokenizer, design, init, tokenize, pretrain, "
+                  "samples). Run again, it skips every step whose inputs and settings are "
+                  "unchanged, and resumes an interrupted training step from its checkpoint.")
 def run(
-    preset: str = typer.Option("tiny", help="Design preset for the model."),
-    vocab_size: int = typer.Option(4096, help="Tokenizer and model vocabulary size."),
-    seed: int = typer.Option(0, help="Seed for initialization and sampling."),
+    recipe: str = typer.Argument("quickstart",
+                                 help="A recipe TOML file, or a built-in recipe name."),
+    overrides: list[str] = typer.Option(
+        [], "--set", "-s", help="Override a setting: STEP.KEY=VALUE (repeatable), e.g. "
+                                "--set pretrain.tokens=500000"),
+    force: bool = typer.Option(False, help="Run every step even if unchanged."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     start = time.perf_counter()
-    ids = run_quickstart(workspace(), QuickstartSettings(preset, vocab_size, seed=seed), console)
-    console.print(f"done in {time.perf_counter() - start:.1f} s; see the lineage with "
-                  f"`lmforge registry lineage {ids['model']}`")
+    plan = load_recipe(recipe, overrides, known_stages=tuple(STAGES))
+    console.rule(f"[bold]lmforge run: {plan.name}")
+    if plan.description:
+        console.print(plan.description)
+    results = run_recipe(workspace(), plan, console, force=force, show_progress=progress)
+    console.print(results_table(results))
+    last_model = next((r.artifact for r in reversed(results)
+                       if r.artifact and r.artifact.startswith("model-")), None)
+    console.print(f"done in {time.perf_counter() - start:.1f} s"
+                  + (f"; lineage: lmforge registry lineage {last_model}" if last_model else ""))

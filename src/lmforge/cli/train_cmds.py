@@ -1,0 +1,123 @@
+"""`lmforge tokenize` and `lmforge pretrain`: stage 4."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from lmforge._toml import tomllib
+from lmforge.cli.app import app, console, workspace
+from lmforge.data.stage import tokenize_stage
+from lmforge.errors import LmforgeError
+from lmforge.train.loop import Interrupted
+from lmforge.train.settings import TrainSettings
+from lmforge.train.stage import pretrain_stage
+
+PANEL = "Lifecycle stages"
+
+
+def parse_count(text: str | None) -> int:
+    """'2M', '500k', '1.5B' or '20000' -> an integer count."""
+    if text is None:
+        return 0
+    scale = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
+    t = text.strip().lower().replace("_", "").replace(",", "")
+    try:
+        if t and t[-1] in scale:
+            return int(float(t[:-1]) * scale[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise LmforgeError(f"cannot read '{text}' as a count",
+                           hint="write it like 2000000, 2M or 500k") from None
+
+
+@app.command(rich_help_panel=PANEL,
+             help="Tokenize a dataset into memory-mapped token shards with a train/validation "
+                  "split, for pretraining.")
+def tokenize(
+    data: str = typer.Option(..., "--data", "-d",
+                             help="A dataset artifact id, files/globs, or 'pydocs'."),
+    tokenizer: str = typer.Option(..., "--tokenizer", "-t", help="A tokenizer artifact id."),
+    val_fraction: float = typer.Option(0.05, help="Share of documents held out for validation."),
+    seed: int = typer.Option(0, help="Seed of the document-level split."),
+    workers: int = typer.Option(0, help="Processes (0 = one per core)."),
+) -> None:
+    art = tokenize_stage(workspace(), data, tokenizer, val_fraction, seed, workers)
+    m = art.metrics
+    console.print(f"tokens [bold]{art.id}[/]: {m['train_tokens']:,} train, {m['val_tokens']:,} "
+                  "validation tokens")
+
+
+@app.command(rich_help_panel=PANEL,
+             help="Stage 4: pretrain a model on token shards. Checkpoints every N steps and on "
+                  "Ctrl-C/SIGTERM; the same command (or --resume RUN) continues after any stop, "
+                  "even kill -9.")
+def pretrain(
+    model: str = typer.Option(None, "--model", "-m", help="The model to start from (e.g. v0)."),
+    data: str = typer.Option(None, "--data", "-d", help="A tokens artifact (lmforge tokenize)."),
+    tokens: str = typer.Option(None, help="Training tokens, e.g. 2M."),
+    steps: int = typer.Option(None, help="Optimizer steps (instead of --tokens)."),
+    epochs: float = typer.Option(None, help="Passes over the training split."),
+    config: str = typer.Option(None, help="A TOML file whose [train] table holds settings."),
+    batch_tokens: int = typer.Option(None, help="Tokens per optimizer step."),
+    micro_batch: int = typer.Option(None, help="Sequences per forward/backward."),
+    seq_len: int = typer.Option(None, help="Sequence length."),
+    lr: float = typer.Option(None, help="Peak learning rate (AdamW)."),
+    optimizer: str = typer.Option(None, help="adamw, or muon (hidden matrices) + AdamW."),
+    schedule: str = typer.Option(None, help="cosine, wsd or constant."),
+    warmup_steps: int = typer.Option(None, help="Linear warmup steps."),
+    eval_every: int = typer.Option(None, help="Validate every N steps."),
+    checkpoint_every: int = typer.Option(None, help="Checkpoint every N steps."),
+    sample_every: int = typer.Option(None, help="Print samples every N steps (0 = never)."),
+    early_stop_patience: int = typer.Option(None, help="Stop after N evaluations without "
+                                                      "improvement; keep the best weights."),
+    seed: int = typer.Option(None, help="Seed of data order and init of the run."),
+    device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1, mps."),
+    dtype: str = typer.Option(None, help="auto (bf16 where fast), float32, bfloat16."),
+    compile: bool = typer.Option(None, "--compile/--no-compile", help="Use torch.compile."),
+    resume: str = typer.Option(None, help="Continue a run by its id (runs/<id>), with its "
+                                          "settings."),
+) -> None:
+    ws = workspace()
+    values: dict = {}
+    if resume is not None:
+        run_file = ws.runs_dir / resume / "run.json"
+        if not run_file.is_file():
+            raise LmforgeError(f"no run '{resume}' in {ws.runs_dir}",
+                               hint=f"see the folders in {ws.runs_dir}")
+        saved = json.loads(run_file.read_text())
+        for flag, given in (("model", model), ("data", data)):
+            if given is not None and ws.record(given).id != saved[flag]:
+                raise LmforgeError(
+                    f"run {resume} trains {flag} {saved[flag]}, not {ws.record(given).id}",
+                    hint=f"drop --{flag} to resume, or start a new run without --resume")
+        model, data, values = saved["model"], saved["data"], dict(saved["settings"])
+    if model is None or data is None:
+        raise LmforgeError("pretrain needs --model and --data (or --resume RUN)")
+    if config is not None:
+        try:
+            with open(config, "rb") as f:
+                values.update(tomllib.load(f).get("train", {}))
+        except FileNotFoundError:
+            raise LmforgeError(f"config file not found: {config}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise LmforgeError(f"{config}: malformed TOML: {e}") from None
+    flags = dict(steps=steps, epochs=epochs, batch_tokens=batch_tokens, micro_batch=micro_batch,
+                 seq_len=seq_len, lr=lr, optimizer=optimizer, schedule=schedule,
+                 warmup_steps=warmup_steps, eval_every=eval_every,
+                 checkpoint_every=checkpoint_every, sample_every=sample_every,
+                 early_stop_patience=early_stop_patience, seed=seed, device=device, dtype=dtype,
+                 compile=compile)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if tokens is not None:
+        values["tokens"] = parse_count(tokens)
+    settings = TrainSettings.from_dict(values, where="pretrain settings")
+    try:
+        art, result = pretrain_stage(ws, model, data, settings)
+    except Interrupted as e:
+        console.print(f"{e}; continue with the same command or --resume")
+        raise typer.Exit(130) from None
+    bpb = f", val bpb {art.metrics['val_bpb']:.3f}" if "val_bpb" in art.metrics else ""
+    console.print(f"model [bold]{art.id}[/] (pretrained): {result.steps} steps, "
+                  f"{result.tokens:,} tokens, val loss {result.val_loss:.3f}{bpb}")

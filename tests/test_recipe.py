@@ -1,0 +1,142 @@
+"""`lmforge run`: recipes run in order, skip what is unchanged, and refuse bad recipes."""
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from lmforge.errors import LmforgeError
+from lmforge.lifecycle.recipe import load_recipe
+from lmforge.lifecycle.runner import run_recipe
+from lmforge.lifecycle.stages import STAGES
+from lmforge.registry import Workspace
+
+RECIPE = """
+name = "mini"
+
+[steps.data]
+stage = "files"
+paths = ["docs"]
+
+[steps.clean]
+stage = "clean"
+data = "@data"
+min_chars = 20
+
+[steps.tokenizer]
+stage = "tokenizer"
+data = "@clean"
+vocab_size = 300
+
+[steps.design]
+stage = "design"
+file = "mini.toml"
+
+[steps.init]
+stage = "init"
+design = "@design"
+tokenizer = "@tokenizer"
+
+[steps.tokenize]
+stage = "tokenize"
+data = "@clean"
+tokenizer = "@tokenizer"
+val_fraction = 0.2
+
+[steps.pretrain]
+stage = "pretrain"
+model = "@init"
+data = "@tokenize"
+steps = 4
+batch_tokens = 256
+micro_batch = 4
+seq_len = 32
+eval_every = 2
+eval_batches = 2
+device = "cpu"
+
+[steps.samples]
+stage = "compare"
+models = ["@init", "@pretrain"]
+prompt = "the cat"
+max_tokens = 5
+"""
+
+
+@pytest.fixture
+def recipe_dir(tmp_path: Path) -> Path:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    words = "the cat sat on a mat and the dog ran to the park while birds sang".split()
+    for i in range(10):
+        text = "\n".join(" ".join(words[(i + j) % len(words):] + words[:(i + j) % len(words)])
+                         for j in range(30))
+        (docs / f"doc{i}.txt").write_text(text)
+    (tmp_path / "mini.toml").write_text("[model]\nn_layers = 1\nd_model = 32\nn_heads = 2\n"
+                                        "vocab_size = 300\ncontext_length = 64\n")
+    (tmp_path / "mini_recipe.toml").write_text(RECIPE)
+    return tmp_path
+
+
+def run(ws: Workspace, recipe_dir: Path, *overrides: str):
+    recipe = load_recipe(str(recipe_dir / "mini_recipe.toml"), list(overrides), tuple(STAGES))
+    return {r.name: r for r in run_recipe(ws, recipe, Console(quiet=True), show_progress=False)}
+
+
+def test_second_run_skips_every_unchanged_step(tmp_path, recipe_dir):
+    ws = Workspace.open(tmp_path / "ws")
+    first = run(ws, recipe_dir)
+    assert not any(r.skipped for r in first.values())
+    assert ws.state_of(first["pretrain"].artifact) == "pretrained"
+    second = run(ws, recipe_dir)
+    assert all(r.skipped for name, r in second.items() if name != "samples")
+    assert {n: r.artifact for n, r in second.items()} == {n: r.artifact for n, r in first.items()}
+
+
+def test_a_changed_setting_reruns_that_step_and_what_follows(tmp_path, recipe_dir):
+    ws = Workspace.open(tmp_path / "ws")
+    first = run(ws, recipe_dir)
+    changed = run(ws, recipe_dir, "pretrain.steps=6")
+    assert all(changed[n].skipped for n in ("data", "clean", "tokenizer", "design", "init",
+                                            "tokenize"))
+    assert not changed["pretrain"].skipped
+    assert changed["pretrain"].artifact != first["pretrain"].artifact
+
+
+def test_pretrained_model_has_lineage_back_to_the_files(tmp_path, recipe_dir):
+    ws = Workspace.open(tmp_path / "ws")
+    out = run(ws, recipe_dir)
+    tree = ws.lineage(out["pretrain"].artifact)
+
+    def ids(node):
+        yield node["id"]
+        for child in node["children"]:
+            yield from ids(child)
+
+    found = set(ids(tree))
+    for step in ("data", "clean", "tokenizer", "design", "init", "tokenize"):
+        assert out[step].artifact in found, step
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[steps.a]\nstage = 'bake'\n", "unknown stage 'bake'"),
+    ("[steps.a]\nstage = 'clean'\ndata = '@b'\n", "not an earlier step"),
+    ("[steps.a\n", "malformed TOML"),
+    ("name = 'x'\n", "no [steps.NAME] tables"),
+])
+def test_bad_recipes_are_refused_before_anything_runs(tmp_path, text, words):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(LmforgeError, match=words.replace("[", r"\[")):
+        load_recipe(str(path), [], tuple(STAGES))
+
+
+def test_set_must_name_an_existing_step(recipe_dir):
+    with pytest.raises(LmforgeError, match="STEP.KEY=VALUE"):
+        load_recipe(str(recipe_dir / "mini_recipe.toml"), ["nostep.x=1"], tuple(STAGES))
+
+
+def test_builtin_quickstart_recipe_loads():
+    recipe = load_recipe("quickstart", [], tuple(STAGES))
+    assert [s.stage for s in recipe.steps][:3] == ["corpus", "clean", "tokenizer"]
+    assert recipe.steps[-1].stage == "compare"
