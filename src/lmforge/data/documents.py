@@ -12,15 +12,13 @@ import gzip
 import io
 import itertools
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from lmforge.errors import LmforgeError
-from lmforge.registry.atomic import fsync_dir
+from lmforge.registry.atomic import atomic_open
 
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -193,28 +191,17 @@ def read_documents(paths: Sequence[str | Path] | str | Path, text_field: str = "
 
 def write_documents_jsonl(docs: Iterable[Document], path: str | Path) -> int:
     """Write documents as JSONL (gzipped if the name ends in .gz) atomically; return the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     count = 0
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            # mtime=0 and no file name: the same documents always give the same bytes.
-            sink: IO[bytes] = (gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0)
-                               if path.name.endswith(".gz") else raw)
-            for doc in docs:
-                line = json.dumps(doc.to_dict(), ensure_ascii=False, sort_keys=True)
-                sink.write(line.encode("utf-8") + b"\n")
-                count += 1
-            if sink is not raw:
-                sink.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with atomic_open(path) as raw:
+        # mtime=0 and no file name: the same documents always give the same bytes.
+        sink: IO[bytes] = (gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0)
+                           if str(path).endswith(".gz") else raw)
+        for doc in docs:
+            line = json.dumps(doc.to_dict(), ensure_ascii=False, sort_keys=True)
+            sink.write(line.encode("utf-8") + b"\n")
+            count += 1
+        if sink is not raw:
+            sink.close()
     return count
 
 
