@@ -38,3 +38,37 @@ def test_config_round_trips_through_hf_names():
     d = ModelDesign(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=300,
                     context_length=32, tie_embeddings=True, name="rt")
     assert hf_config_to_design(design_to_hf_config(d, 0, 1, 2), "x") == d
+
+
+def test_state_dict_names_and_shapes_are_hf_llamas():
+    d = ModelDesign(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=300,
+                    context_length=32)
+    ours = Transformer(d)
+    cfg = design_to_hf_config(d, bos_id=0, eos_id=1, pad_id=2)
+    cfg.pop("lmforge")
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
+    assert {k: v.shape for k, v in ours.state_dict().items()} == \
+        {k: v.shape for k, v in hf.state_dict().items()}
+    assert {n for n, _ in ours.named_parameters()} == {n for n, _ in hf.named_parameters()}
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_training_loss_and_gradients_match_transformers(tie):
+    """lmforge's fused head + loss against LlamaForCausalLM(labels=...): same loss, same
+    gradient for every HF-named parameter."""
+    d = ModelDesign(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=500,
+                    context_length=64, tie_embeddings=tie)
+    ours = initialize(Transformer(d), "scaled", seed=0).train()
+    hf = hf_twin(ours).train()
+    ids = torch.randint(0, d.vocab_size, (2, 40), generator=torch.Generator().manual_seed(2))
+    labels = ids.clone()
+    labels[0, :10] = -100  # e.g. a prompt that carries no loss
+    x, y = ids[:, :-1], labels[:, 1:].contiguous()
+    loss = ours(x, targets=y)
+    loss.backward()
+    hf_loss = hf(input_ids=x, labels=y, shift_labels=y, use_cache=False).loss
+    hf_loss.backward()
+    assert torch.allclose(loss, hf_loss, atol=1e-5)
+    hf_grads = dict(hf.named_parameters())
+    for name, p in ours.named_parameters():
+        assert torch.allclose(p.grad, hf_grads[name].grad, atol=1e-5, rtol=1e-4), name
