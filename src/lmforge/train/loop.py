@@ -110,7 +110,8 @@ def train(model: Transformer, objective: Objective, train_src: TokenSource,
     for opt in optimizers:
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]
-    step_fn = torch.compile(model) if s.compile else model
+    if s.compile:  # per-block ("regional") compile: seconds to compile, same state dict keys
+        model.compile_blocks()
     total = s.total_steps(train_src.tokens)
     log = MetricsLog(run_dir / "metrics.jsonl")
     # JSON-able (it goes into every checkpoint): None until there is a value.
@@ -144,7 +145,7 @@ def train(model: Transformer, objective: Objective, train_src: TokenSource,
             for batch in train_micro_batches(train_src, step, s.seed, s.micro_batch,
                                              s.accumulation, s.seq_len, device):
                 with _autocast(device, amp):
-                    loss = objective(step_fn, batch)[0] / s.accumulation
+                    loss = objective(model, batch)[0] / s.accumulation
                 loss.backward()
                 loss_sum += loss.item()
             if not math.isfinite(loss_sum):

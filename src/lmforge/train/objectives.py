@@ -9,11 +9,8 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from lmforge.model.transformer import Transformer
-
-IGNORE = -100  # target id that contributes no loss (padding, prompt tokens under SFT)
 
 
 class Objective(Protocol):
@@ -24,14 +21,14 @@ class Objective(Protocol):
 
 
 class NextToken:
-    """Mean cross-entropy of every next token (inputs, targets) — plain language modelling."""
+    """Mean cross-entropy of every next token (inputs, targets): plain language modelling.
+
+    The model fuses its output head into the loss (model/loss.py), so full logits never exist.
+    """
 
     name = "next_token"
 
     def __call__(self, model: Transformer, batch: tuple[torch.Tensor, ...]
                  ) -> tuple[torch.Tensor, dict[str, float]]:
         inputs, targets = batch[0], batch[1]
-        logits = model(inputs)
-        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=IGNORE)
-        return loss, {}
+        return model(inputs, targets=targets), {}
