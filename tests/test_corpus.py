@@ -187,3 +187,13 @@ def test_load_rejects_non_document_records(tmp_path):
         list(load_documents_jsonl(path))
     with pytest.raises(LmforgeError, match="no such file"):
         list(load_documents_jsonl(tmp_path / "nope.jsonl"))
+
+
+def test_corpus_does_not_depend_on_hooks_the_program_installed(monkeypatch):
+    import sys
+
+    from lmforge.data.corpora.pydocs import build_pydocs_corpus
+
+    monkeypatch.setattr(sys, "excepthook", lambda *a: None)  # as CLI frameworks do
+    ids = {d.id for d in build_pydocs_corpus()}
+    assert "stdlib-docstrings:sys.excepthook" in ids

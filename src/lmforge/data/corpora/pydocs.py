@@ -175,6 +175,9 @@ def _compiled_docs(name: str) -> Iterator[Document | None]:
         return
     yield _doc(name, name, "module", "", module.__doc__)
     for attr, obj in sorted(vars(module).items()):
+        # Programs swap hooks such as sys.excepthook; sys keeps the originals as __name__, and
+        # reading those keeps the corpus the same whatever the running program installed.
+        obj = vars(module).get(f"__{attr}__", obj)
         if not _public(attr) or getattr(obj, "__module__", name) not in (name, None):
             continue  # private, or re-exported from another module
         qual = f"{name}.{attr}"
