@@ -7,16 +7,14 @@ from rich.table import Table
 
 from lmforge.model.stage import load_model
 from lmforge.registry import Workspace
-from lmforge.serve.generate import generate_tokens
+from lmforge.serve.generate import complete
 from lmforge.serve.sampling import SamplingParams
 
 
 def sample_text(ws: Workspace, model_ref: str, prompt: str, max_tokens: int, seed: int) -> str:
     model, tok, _ = load_model(ws, model_ref)
-    ids = [tok.bos_id] + tok.encode(prompt)
     params = SamplingParams(temperature=0.7, top_k=40, max_new_tokens=max_tokens, seed=seed)
-    out = generate_tokens(model, ids, params, stop_ids=(tok.bos_id, tok.eos_id))
-    return tok.decode(list(out), skip_special=True)
+    return complete(model, tok, prompt, params)
 
 
 def compare_samples(ws: Workspace, models: list[str], prompt: str, max_tokens: int, seed: int,

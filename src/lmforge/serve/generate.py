@@ -12,6 +12,7 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.model.transformer import Transformer
 from lmforge.serve.sampling import SamplingParams, sample_next
+from lmforge.tokenizer import Tokenizer
 
 
 @torch.no_grad()
@@ -45,3 +46,10 @@ def generate_tokens(model: Transformer, prompt: Sequence[int], params: SamplingP
         else:
             ids = torch.cat([ids, token.view(1, 1)], dim=1)
             step_input = ids
+
+
+def complete(model: Transformer, tok: Tokenizer, prompt: str, params: SamplingParams) -> str:
+    """The text a base model writes after `prompt`, until the document ends (BOS/EOS)."""
+    ids = [tok.bos_id] + tok.encode(prompt)
+    out = generate_tokens(model, ids, params, stop_ids=(tok.bos_id, tok.eos_id))
+    return tok.decode(list(out), skip_special=True)

@@ -15,7 +15,7 @@ from lmforge.model.io import load_model_dir, save_model_dir
 from lmforge.model.stage import model_card
 from lmforge.model.transformer import Transformer
 from lmforge.registry import Artifact, Workspace, atomic_write_json
-from lmforge.serve.generate import generate_tokens
+from lmforge.serve.generate import complete
 from lmforge.serve.sampling import SamplingParams
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.loop import Interrupted, TrainResult, train
@@ -37,9 +37,7 @@ def sampler(tok: Tokenizer, prompts: tuple[str, ...], tokens: int = 40):
         model.eval()
         out = []
         for p in prompts:
-            ids = list(generate_tokens(model, [tok.bos_id] + tok.encode(p), params,
-                                       stop_ids=(tok.bos_id, tok.eos_id)))
-            out.append(p + tok.decode(ids, skip_special=True))
+            out.append(p + complete(model, tok, p, params))
         model.train()
         return out
 
