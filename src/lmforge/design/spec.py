@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge._toml import tomllib
+from lmforge._toml import load_toml_file
 from lmforge.errors import LmforgeError
 
 
@@ -133,12 +133,7 @@ def from_preset(name: str) -> ModelDesign:
 def load_toml(path: str | Path) -> ModelDesign:
     """A design file: either top-level fields or a [model] table; `preset = "tiny"` as a base."""
     path = Path(path)
-    if not path.is_file():
-        raise LmforgeError(f"design file not found: {path}", hint="check the path")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise LmforgeError(f"{path}: malformed TOML: {e}", hint="fix the syntax") from None
+    data = load_toml_file(path, "design file")
     data = data.get("model", data)
     base: dict[str, Any] = {}
     if "preset" in data:
