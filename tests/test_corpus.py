@@ -150,9 +150,9 @@ def test_read_jsonl_errors_name_file_and_line(tmp_path, content, expected):
 def test_read_user_mistakes(tmp_path):
     with pytest.raises(LmforgeError, match="does not exist"):
         list(read_documents([tmp_path / "missing.txt"]))
-    (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    (tmp_path / "x.csv").write_bytes(b"PAR1")
     with pytest.raises(LmforgeError, match="unsupported file type"):
-        list(read_documents([tmp_path / "x.parquet"]))
+        list(read_documents([tmp_path / "x.csv"]))
     with pytest.raises(LmforgeError, match="no .txt"):
         list(read_documents([str(tmp_path / "*.nothing")]))
     (tmp_path / "empty.txt").write_text("  \n\n", encoding="utf-8")

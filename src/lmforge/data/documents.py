@@ -1,30 +1,49 @@
-"""Documents: the unit every data stage reads and writes, and the readers for files on disk.
+"""Documents: the unit every data stage reads and writes, and the entry point for reading them.
 
-A document is `{"id", "text", "source", "meta"}`. `read_documents` turns text, Markdown and
-JSONL files (plain or gzipped), folders and glob patterns into documents; the JSONL writer and
-loader keep that exact shape so curated data round-trips without loss.
+A document is `{"id", "text", "source", "meta"}`. `read_documents` turns text, Markdown, JSONL
+and Parquet files (text and JSONL plain, gzipped or zstd-compressed), folders, glob patterns
+and Hugging Face datasets (`hf:NAME[:SPLIT]`) into documents, strictly (the first problem
+raises) or tolerantly (problems are counted in a `ReadErrors` and skipped). The formats live in
+`readers.py` and `hub.py`; the JSONL writer and loader here keep the document shape exactly,
+so curated data round-trips without loss.
 """
 
 from __future__ import annotations
 
 import glob
 import gzip
-import io
 import itertools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from lmforge.data.readers import (
+    EOT_MARKER,
+    SPLITS,
+    ReadErrors,
+    ReadProblem,
+    decoded_lines,
+    garbage_reason,
+    json_records,
+    parquet_records,
+    text_pieces,
+)
 from lmforge.errors import LmforgeError
 from lmforge.registry.atomic import atomic_open
 
-TEXT_SUFFIXES = (".txt", ".md")
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
-# TinyStories and GPT-2 style dumps concatenate many documents with this marker.
-EOT_MARKER = "<|endoftext|>"
+__all__ = ["EOT_MARKER", "Document", "ReadErrors", "load_documents_jsonl", "read_documents",
+           "record_document", "write_documents_jsonl"]
+
+_PACKED = (".gz", ".zst")
+TEXT_SUFFIXES = tuple(s + z for s in (".txt", ".md") for z in ("", *_PACKED))
+JSONL_SUFFIXES = tuple(".jsonl" + z for z in ("", *_PACKED))
+PARQUET_SUFFIXES = (".parquet",)
+HF_PREFIX = "hf:"
+_TYPES = ".txt, .md, .jsonl (each also .gz or .zst) or .parquet"
 _FIELDS = ("id", "text", "source", "meta")
+_SCALARS = (str, int, float, bool)
 
 
 @dataclass
@@ -44,6 +63,8 @@ def _kind(path: Path) -> str | None:
         return "jsonl"
     if name.endswith(TEXT_SUFFIXES):
         return "text"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
     return None
 
 
@@ -51,8 +72,18 @@ def _has_magic(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
 
-def _expand(arg: str | Path) -> list[tuple[Path, str, str]]:
-    """One argument -> sorted (file, name used in ids, default source) triples."""
+# One input to read: (kind, file or hf: spec, name used in ids, default source).
+_Input = tuple[str, Any, str, str]
+
+
+def _expand(arg: str | Path, errors: ReadErrors | None) -> list[_Input]:
+    """One argument -> its inputs, files sorted. A missing path or an unsupported file always
+    raises (a typo should stop the run); a folder or glob with nothing to read is an empty
+    source, recorded when collecting errors."""
+    if str(arg).startswith(HF_PREFIX):
+        from lmforge.data.hub import default_source, parse_spec  # hub imports this module
+
+        return [("hf", str(arg), "", default_source(parse_spec(str(arg))[0]))]
     path = Path(arg)
     if path.is_dir():
         files = sorted(
@@ -60,130 +91,179 @@ def _expand(arg: str | Path) -> list[tuple[Path, str, str]]:
             if p.is_file() and _kind(p)
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
-        if not files:
-            raise LmforgeError(
-                f"folder {path} holds no .txt, .md, .jsonl or .jsonl.gz files",
-                hint="point at a folder of documents, or at the files themselves",
-            )
-        return [(p, p.relative_to(path).as_posix(), path.resolve().name) for p in files]
-    if path.is_file():
+        base = path
+        empty = f"folder {path} holds no {_TYPES} files"
+    elif path.is_file():
         if _kind(path) is None:
-            raise LmforgeError(
-                f"{path}: unsupported file type",
-                hint="lmforge reads .txt, .md, .jsonl and .jsonl.gz files",
-            )
-        return [(path, path.name, path.name.split(".")[0])]
-    if _has_magic(str(arg)):
+            raise LmforgeError(f"{path}: unsupported file type", hint=f"lmforge reads {_TYPES}")
+        return [(_kind(path), path, path.name, path.name.split(".")[0])]  # type: ignore[list-item]
+    elif _has_magic(str(arg)):
         files = sorted(Path(p) for p in glob.glob(str(arg), recursive=True))
         files = [p for p in files if p.is_file() and _kind(p)]
-        if not files:
-            raise LmforgeError(f"no .txt, .md or .jsonl files match {arg}",
-                               hint="check the pattern; quote it so the shell does not expand it")
         # Name files from the pattern's fixed folder, as if that folder had been given.
         base = Path(*itertools.takewhile(lambda part: not _has_magic(part), path.parts))
-        return [(p, p.relative_to(base).as_posix(), base.resolve().name) for p in files]
-    raise LmforgeError(f"{path} does not exist", hint="check the path to your data")
+        empty = f"no {_TYPES} files match {arg}"
+    else:
+        raise LmforgeError(f"{path} does not exist", hint="check the path to your data")
+    if not files:
+        if errors is None:
+            raise LmforgeError(empty, hint="check the path or pattern; quote a pattern so the "
+                               "shell does not expand it")
+        errors.add(arg, None, f"no documents ({empty})", kind="no_documents",
+                   source=base.resolve().name)
+    source = base.resolve().name
+    return [(_kind(p), p, p.relative_to(base).as_posix(), source)  # type: ignore[misc]
+            for p in files]
 
 
-def _open_text(path: Path) -> IO[str]:
-    """Open plain or gzipped UTF-8 text; the caller closes it with `with`."""
-    gz = path.name.lower().endswith(".gz")
-    raw: IO[bytes] = gzip.open(path, "rb") if gz else open(path, "rb")  # noqa: SIM115
-    return io.TextIOWrapper(raw, encoding="utf-8", newline="")
+Report = Callable[..., None]
 
 
-def _text_pieces(path: Path) -> Iterator[str]:
-    """A whole file, or the pieces between end-of-text markers, read line by line."""
-    buf: list[str] = []
-    with _open_text(path) as f:
-        for line in f:
-            while EOT_MARKER in line:
-                before, line = line.split(EOT_MARKER, 1)
-                buf.append(before)
-                yield "".join(buf)
-                buf = []
-            buf.append(line)
-    yield "".join(buf)
+def make_reporter(where: str | Path, source: str, errors: ReadErrors | None) -> Report:
+    """problem(line, kind, reason, hint=None, excerpt=None): raise, or record and go on."""
+
+    def problem(line: int | None, kind: str, reason: str, hint: str | None = None,
+                excerpt: str | None = None) -> None:
+        if errors is None:
+            at = f"{where}:{line}" if line is not None else str(where)
+            raise LmforgeError(f"{at}: {reason}", hint=hint)
+        errors.add(where, line, reason, kind=kind, source=source, excerpt=excerpt)
+
+    return problem
 
 
-def _read_text(path: Path, name: str, source: str) -> Iterator[Document]:
+def record_document(rec: Any, text_field: str, name: str, position: int, source: str | None,
+                    default_source: str, *, scalar_meta: bool = False) -> Document | None:
+    """A JSONL/Parquet/datasets record as a document; None when its text is blank.
+
+    Id: the record's own "id", else `{source}:{name}:{position}`. Source: `source`, else the
+    record's "source", else `default_source`. Meta: the record's "meta" plus its other fields
+    (only str/int/float/bool ones when `scalar_meta`). Raises `ReadProblem` for a bad record.
+    """
+    if not isinstance(rec, dict):
+        raise ReadProblem("not_object", f"expected a JSON object, got {type(rec).__name__}",
+                          hint="each line of a .jsonl file must be one JSON object")
+    if text_field not in rec:
+        fields = ", ".join(sorted(rec)) or "none"
+        raise ReadProblem("missing_field", f"no field {text_field!r} (fields: {fields})",
+                          hint="name the text field with --text-field")
+    text = rec[text_field]
+    if not isinstance(text, str):
+        raise ReadProblem("not_string",
+                          f"field {text_field!r} is {type(text).__name__}, not a string")
+    if not text or text.isspace():  # isspace stops at the first letter; strip would copy
+        return None
+    if why := garbage_reason(text):
+        raise ReadProblem("binary", f"field {text_field!r}: {why}")
+    src = source or (rec["source"] if isinstance(rec.get("source"), str) else default_source)
+    meta = dict(rec["meta"]) if isinstance(rec.get("meta"), dict) else {}
+    # Keep the record's other fields (title, url, ...) so curation can use them.
+    meta.update({k: v for k, v in rec.items() if k not in (text_field, *_FIELDS)})
+    if scalar_meta:
+        meta = {k: v for k, v in meta.items() if v is None or isinstance(v, _SCALARS)}
+    rid = rec.get("id")
+    doc_id = (str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool)
+              else f"{src}:{name}:{position}")
+    return Document(doc_id, text, src, meta)
+
+
+def _read_text(path: Path, name: str, source: str, split: str,
+               problem: Report) -> Iterator[Document]:
     index = 0
-    for piece in _text_pieces(path):
-        text = piece.strip()
-        if text:
-            yield Document(f"{source}:{name}:{index}", text, source, {"path": name})
-            index += 1
-
-
-def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    for line, piece in text_pieces(decoded_lines(path, problem), split):
+        if piece is not None:
+            piece = piece.strip()
+            if not piece:
                 continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmforgeError(
-                    f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})",
-                    hint="each line of a .jsonl file must be one JSON object",
-                ) from None
+            if why := garbage_reason(piece):
+                problem(line, "binary", why, hint="only text files can be read as text")
+                piece = None
+        if piece is not None:
+            yield Document(f"{source}:{name}:{index}", piece, source,
+                           {"path": name, "line": line})
+        index += 1  # a dropped document keeps its number: the others' ids stay the same
 
 
-def _read_jsonl(path: Path, name: str, source: str | None, default_source: str,
-                text_field: str) -> Iterator[Document]:
-    for lineno, rec in _json_lines(path):
-        where = f"{path}:{lineno}"
-        if not isinstance(rec, dict):
-            raise LmforgeError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        if text_field not in rec:
-            fields = ", ".join(sorted(rec)) or "none"
-            raise LmforgeError(f"{where}: no field {text_field!r} (fields: {fields})",
-                               hint="name the text field with --text-field")
-        text = rec[text_field]
-        if not isinstance(text, str):
-            raise LmforgeError(f"{where}: field {text_field!r} is {type(text).__name__}, "
-                               "not a string")
-        if not text.strip():
+def _records(path: Path, kind: str, text_field: str, problem: Report
+             ) -> Iterator[tuple[int, Any]]:
+    if kind == "parquet":
+        return parquet_records(path, text_field)
+    return json_records(path, problem)
+
+
+def _read_records(path: Path, kind: str, name: str, source: str | None, default_source: str,
+                  text_field: str, problem: Report) -> Iterator[Document]:
+    for line, rec in _records(path, kind, text_field, problem):
+        try:
+            doc = record_document(rec, text_field, name, line, source, default_source,
+                                  scalar_meta=kind == "parquet")
+        except ReadProblem as p:
+            problem(line, p.kind, p.reason, hint=p.hint)
             continue
-        src = source or (rec["source"] if isinstance(rec.get("source"), str) else default_source)
-        meta = dict(rec["meta"]) if isinstance(rec.get("meta"), dict) else {}
-        # Keep the record's other fields (title, url, ...) so curation can use them.
-        meta.update({k: v for k, v in rec.items() if k not in (text_field, *_FIELDS)})
-        rid = rec.get("id")
-        doc_id = str(rid) if isinstance(rid, (str, int)) else f"{src}:{name}:{lineno}"
-        yield Document(doc_id, text, src, meta)
+        if doc is not None:
+            yield doc
 
 
 def read_documents(paths: Sequence[str | Path] | str | Path, text_field: str = "text",
-                   source: str | None = None) -> Iterator[Document]:
-    """Yield documents from files, folders (recursive, sorted) and glob patterns, in order.
+                   source: str | None = None, *, split: str = "auto",
+                   errors: ReadErrors | None = None) -> Iterator[Document]:
+    """Yield documents from files, folders (recursive, sorted), globs and datasets, in order.
 
-    .txt/.md: one document per file, split on `<|endoftext|>` markers when present.
-    .jsonl/.jsonl.gz: one document per line, text from `text_field`. `source` overrides the
-    source name (default: the record's "source", else the file or folder name).
-    Ids are deterministic: the record's own "id", else source, file name and position.
+    .txt/.md (also .gz, .zst): documents by `split`: "file" (the whole file), "blank_line"
+    (blocks separated by blank lines), "eot" (the pieces between `<|endoftext|>` markers), or
+    "auto" (eot; a file without markers is one document). Meta: {"path", "line"}.
+    .jsonl (also .gz, .zst): one document per line, text from `text_field`; other fields go to
+    meta. .parquet: one document per row, text from the `text_field` column, other scalar
+    columns to meta; read a batch of rows at a time.
+    `hf:NAME[:SPLIT]` or `hf:NAME:CONFIG:SPLIT` (split default "train"): a Hugging Face
+    dataset by hub name (streamed) or local folder, e.g. `hf:roneneldan/TinyStories:train`,
+    `hf:/data/my_set:validation` (see `lmforge.data.hub`).
+
+    `source` names the source of every document (default: a JSONL record's "source", else the
+    file's name before its first dot, or the folder's name for a folder or glob; a dataset's
+    last name part). Ids are deterministic: the record's own "id", else source, file name and
+    line (or row, or position in the file).
+
+    Without `errors`, the first problem raises an LmforgeError naming the file and line, and
+    reading nothing at all raises too. With a `ReadErrors`, unreadable or corrupt files, binary
+    files, bad lines and records, and files with no documents are recorded with file and line
+    and skipped; the documents that can be read still come through.
     """
+    if split not in SPLITS:
+        raise LmforgeError(f"unknown split {split!r}", hint=f"use one of: {', '.join(SPLITS)}")
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
         raise LmforgeError("no input paths given", hint="pass at least one file or folder")
-    files = [triple for arg in paths for triple in _expand(arg)]  # fail fast on bad paths
+    inputs = [item for arg in paths for item in _expand(arg, errors)]  # fail fast on bad paths
     count = 0
-    for path, name, default_source in files:
+    for kind, path, name, default_source in inputs:
+        src = source or default_source
+        problem = make_reporter(path, src, errors)
+        before = errors.count if errors is not None else 0
+        found = 0
         try:
-            if _kind(path) == "jsonl":
-                docs = _read_jsonl(path, name, source, default_source, text_field)
+            if kind == "hf":
+                from lmforge.data.hub import read_hub_spec  # imports `datasets`: only when used
+
+                docs = read_hub_spec(path, text_field, source, errors)
+            elif kind == "text":
+                docs = _read_text(path, name, src, split, problem)
             else:
-                docs = _read_text(path, name, source or default_source)
+                docs = _read_records(path, kind, name, source, default_source, text_field,
+                                     problem)
             for doc in docs:
-                count += 1
+                found += 1
                 yield doc
-        except UnicodeDecodeError as e:
-            raise LmforgeError(f"{path}: not UTF-8 text (byte {e.start} of a read block)",
-                               hint="convert the file to UTF-8") from None
-        except (OSError, EOFError) as e:  # unreadable file, truncated or corrupt gzip
-            raise LmforgeError(f"{path}: cannot read ({e})") from None
-    if count == 0:
+        except ReadProblem as p:  # the rest of this file cannot be read
+            problem(p.line, p.kind, p.reason, hint=p.hint, excerpt=p.excerpt)
+        except OSError as e:
+            problem(None, "unreadable", f"cannot read ({e.strerror or e})",
+                    hint="check that the file exists and is readable")
+        count += found
+        if errors is not None and not found and errors.count == before:
+            errors.add(path, None, "no documents", kind="no_documents", source=src)
+    if count == 0 and errors is None:
         shown = ", ".join(str(p) for p in paths)
         raise LmforgeError(f"no documents with text in {shown}",
                            hint="the input files are empty or hold only whitespace")
@@ -210,8 +290,9 @@ def load_documents_jsonl(path: str | Path) -> Iterator[Document]:
     path = Path(path)
     if not path.is_file():
         raise LmforgeError(f"{path}: no such file", hint="check the path to the documents file")
+    problem = make_reporter(path, "", None)
     try:
-        for lineno, rec in _json_lines(path):
+        for lineno, rec in json_records(path, problem):
             ok = (isinstance(rec, dict) and isinstance(rec.get("id"), str)
                   and isinstance(rec.get("text"), str) and isinstance(rec.get("source"), str)
                   and isinstance(rec.get("meta"), dict))
@@ -221,7 +302,7 @@ def load_documents_jsonl(path: str | Path) -> Iterator[Document]:
                     hint='expected {"id": str, "text": str, "source": str, "meta": {...}}',
                 )
             yield Document(rec["id"], rec["text"], rec["source"], rec["meta"])
-    except UnicodeDecodeError:
-        raise LmforgeError(f"{path}: not UTF-8 text") from None
-    except (OSError, EOFError) as e:
-        raise LmforgeError(f"{path}: cannot read ({e})") from None
+    except ReadProblem as p:
+        raise LmforgeError(f"{path}: {p.reason}", hint=p.hint) from None
+    except OSError as e:
+        raise LmforgeError(f"{path}: cannot read ({e.strerror or e})") from None
