@@ -9,10 +9,10 @@ from lmforge.data.clean import clean_documents
 from lmforge.data.corpora.pydocs import build_pydocs_corpus, corpus_stats
 from lmforge.data.documents import (
     Document,
-    load_documents_jsonl,
     read_documents,
     write_documents_jsonl,
 )
+from lmforge.data.parts import dataset_documents
 from lmforge.data.shards import tokenize_to_shards
 from lmforge.errors import LmforgeError
 from lmforge.registry import Artifact, Workspace, atomic_write_json
@@ -69,7 +69,7 @@ def resolve_inputs(ws: Workspace, inputs: Sequence[str],
 
     def documents() -> Iterator[Document]:
         for art in datasets:
-            yield from load_documents_jsonl(art.file(DOCUMENTS_FILE))
+            yield from dataset_documents(art.path)
         if paths:
             yield from read_documents(paths, text_field=text_field)
 
