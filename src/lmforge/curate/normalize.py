@@ -1,0 +1,71 @@
+"""Text normalization, the first curation step: one canonical form for every document.
+
+On top of `lmforge.data.clean.normalize_text` (NFC, Unix line ends, no trailing whitespace,
+at most two blank lines in a row, indentation kept), this repairs broken encodings with ftfy
+and removes control characters.
+
+ftfy runs with a narrow configuration: it repairs what is broken (mojibake such as
+"Whoâ€™s" -> "Who's", inconsistent UTF-8, C1 controls that stand for Windows-1252
+characters, lone surrogates, odd line separators) and changes nothing that is merely a
+style choice of the author: curly quotes stay curly (`uncurl_quotes=False`), ligatures and
+full-width characters stay (`fix_latin_ligatures`/`fix_character_width` off: both are
+compatibility rewrites that alter CJK and typeset text), and HTML entities stay
+(`unescape_html=False`: in code and documentation "&lt;" is often the content itself).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from lmforge.data.clean import normalize_text as _basic_normalize
+from lmforge.errors import LmforgeError
+
+_FTFY_SETTINGS = dict(
+    unescape_html=False,
+    remove_terminal_escapes=True,
+    fix_encoding=True,
+    restore_byte_a0=True,
+    replace_lossy_sequences=True,
+    decode_inconsistent_utf8=True,
+    fix_c1_controls=True,
+    fix_latin_ligatures=False,
+    fix_character_width=False,
+    uncurl_quotes=False,
+    fix_line_breaks=True,
+    fix_surrogates=True,
+    remove_control_chars=True,
+    normalization="NFC",
+    explain=False,
+)
+
+
+@cache
+def _ftfy() -> tuple[Any, Any]:
+    """ftfy's fix_text and its config, imported on first need (pure-ASCII text never needs
+    it), with a clear message where the package is missing."""
+    try:
+        import ftfy
+    except ImportError:
+        raise LmforgeError("repairing text encodings needs the ftfy package, not installed",
+                           hint="pip install ftfy, or normalize with fix_encoding=False"
+                           ) from None
+    return ftfy.fix_text, ftfy.TextFixerConfig(**_FTFY_SETTINGS)
+
+
+# C0 and C1 control characters except tab and newline ("\r" is turned into "\n" first).
+_CONTROL_CHARS = {c: None for c in (*range(0, 32), *range(127, 160)) if c not in (9, 10)}
+
+
+def normalize_text(text: str, fix_encoding: bool = True) -> str:
+    """The canonical form of `text`: encodings repaired (when `fix_encoding`), Unicode NFC,
+    control characters removed (tab and newline kept), "\\r\\n" and "\\r" turned into "\\n",
+    trailing whitespace removed from every line, at most two blank lines in a row, no blank
+    lines at the start or end. Leading indentation is kept (code and documentation)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # Pure ASCII cannot hold mojibake, and ftfy is the slowest step: skip it there.
+    if fix_encoding and not text.isascii():
+        fix_text, config = _ftfy()
+        text = fix_text(text, config)
+    text = text.translate(_CONTROL_CHARS)
+    return _basic_normalize(text)
