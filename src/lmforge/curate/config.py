@@ -1,0 +1,232 @@
+"""The curation recipe: which sources, which preset and filters per source, and the settings of
+PII scrubbing, deduplication, decontamination and balancing. Read from TOML (a file, the
+`[steps.X]` table of a lifecycle recipe, or the command line) and checked before any work.
+
+    workers = 2
+    [sources.web]                     # one table per named source
+    paths = ["crawl/*.jsonl.gz"]      # files, folders, globs, hf:NAME[:SPLIT], dataset ids, pydocs
+    preset = "web"                    # web | docs | chat (see `lmforge curate --presets`)
+    [sources.web.filters]             # this source's overrides of its preset
+    c4 = false
+    [filters]                         # overrides for every source
+    gopher_quality = { min_words = 30 }
+    [pii]        kinds = ["email", "phone", "ip", "credit_card"]
+    [dedup]      exact = true, near = true, ngram = 5, bands = 14, rows = 8
+    [decontaminate]  builtin = ["hellaswag"], ngram = 13, action = "drop"
+    [balance]    by = "characters", weights = { web = 0.7, docs = 0.3 }, max_repeat = 4
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmforge._toml import load_toml_file
+from lmforge.curate.balance import MixtureSettings, check_mixture_settings
+from lmforge.curate.decontam import BUILTIN_EVAL_SETS, EvalSetSpec
+from lmforge.curate.dedup import MinHashSettings, check_minhash_settings
+from lmforge.curate.filters import PRESETS, build_filters
+from lmforge.curate.pii import PII_KINDS
+from lmforge.errors import LmforgeError
+
+_TOP_KEYS = ("sources", "filters", "pii", "dedup", "decontaminate", "balance", "workers",
+             "shard_documents", "output_format", "fix_encoding", "examples")
+_SOURCE_KEYS = ("paths", "preset", "filters", "text_field", "split")
+_SPLITS = ("auto", "file", "blank_line", "eot")
+
+
+@dataclass
+class SourceConfig:
+    name: str
+    paths: list[str]
+    preset: str = "web"
+    filters: dict[str, Any] = field(default_factory=dict)  # overrides merged over the global ones
+    text_field: str = "text"
+    split: str = "auto"
+
+
+@dataclass
+class DecontamConfig:
+    ngram: int = 13
+    action: str = "drop"  # or "flag": keep the document, mark it in meta["contamination"]
+    builtin: list[str] = field(default_factory=list)
+    eval_sets: list[EvalSetSpec] = field(default_factory=list)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.builtin or self.eval_sets)
+
+
+@dataclass
+class CurationConfig:
+    sources: list[SourceConfig]
+    pii_kinds: list[str] = field(default_factory=lambda: list(PII_KINDS))
+    exact_dedup: bool = True
+    near_dedup: bool = True
+    minhash: MinHashSettings = field(default_factory=MinHashSettings)
+    decontaminate: DecontamConfig = field(default_factory=DecontamConfig)
+    balance: MixtureSettings | None = None
+    balance_tokenizer: str | None = None  # tokenizer ref that counts tokens for by = "tokens"
+    workers: int = 1
+    shard_documents: int = 2000
+    output_format: str = "jsonl"
+    fix_encoding: bool = True
+    examples: int = 3  # removal examples kept per reason
+
+    def digest(self) -> str:
+        """What decides the output: everything but `workers` (same bytes for 1 or N)."""
+        d = asdict(self)
+        d.pop("workers")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+    def settings(self) -> dict[str, Any]:
+        d = json.loads(json.dumps(asdict(self), default=str))
+        d.pop("workers")
+        return d
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise LmforgeError(f"{where} must be a table, not {type(value).__name__}")
+    return value
+
+
+def _unknown(d: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    extra = sorted(set(d) - set(allowed))
+    if extra:
+        raise LmforgeError(f"{where}: unknown setting(s) {', '.join(extra)}",
+                           hint=f"valid: {', '.join(allowed)}")
+
+
+def _int(value: Any, name: str, where: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise LmforgeError(f"{where}: {name} must be an integer ≥ {low}, not {value!r}")
+    return value
+
+
+def _strings(value: Any, name: str, where: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise LmforgeError(f"{where}: {name} must be a string or a list of strings")
+    return list(value)
+
+
+def _source(name: str, raw: Any, where: str) -> SourceConfig:
+    here = f"{where} [sources.{name}]"
+    if isinstance(raw, (str, list)):  # shorthand: `web = "crawl/*.jsonl"`
+        raw = {"paths": raw}
+    raw = _table(raw, here)
+    _unknown(raw, _SOURCE_KEYS, here)
+    if "paths" not in raw:
+        raise LmforgeError(f"{here}: no paths", hint='add paths = ["file-or-folder", ...]')
+    preset = raw.get("preset", "docs" if raw["paths"] in ("pydocs", ["pydocs"]) else "web")
+    if preset not in PRESETS:
+        raise LmforgeError(f"{here}: unknown preset {preset!r}",
+                           hint=f"use one of: {', '.join(PRESETS)}")
+    split = raw.get("split", "auto")
+    if split not in _SPLITS:
+        raise LmforgeError(f"{here}: split must be one of {', '.join(_SPLITS)}, not {split!r}")
+    return SourceConfig(name, _strings(raw["paths"], "paths", here), preset,
+                        dict(_table(raw.get("filters", {}), f"{here} filters")),
+                        str(raw.get("text_field", "text")), split)
+
+
+def _decontam(raw: dict[str, Any], where: str) -> DecontamConfig:
+    here = f"{where} [decontaminate]"
+    _unknown(raw, ("ngram", "action", "builtin", "eval_sets"), here)
+    action = raw.get("action", "drop")
+    if action not in ("drop", "flag"):
+        raise LmforgeError(f"{here}: action must be 'drop' or 'flag', not {action!r}")
+    builtin = _strings(raw.get("builtin", []), "builtin", here)
+    unknown = [b for b in builtin if b not in BUILTIN_EVAL_SETS]
+    if unknown:
+        raise LmforgeError(f"{here}: unknown built-in eval set(s) {', '.join(unknown)}",
+                           hint=f"built in: {', '.join(BUILTIN_EVAL_SETS)}")
+    specs = []
+    for i, item in enumerate(raw.get("eval_sets", [])):
+        item = _table(item, f"{here} eval_sets[{i}]")
+        _unknown(item, ("name", "path", "fields"), f"{here} eval_sets[{i}]")
+        if "name" not in item or "path" not in item:
+            raise LmforgeError(f"{here} eval_sets[{i}]: needs name and path")
+        specs.append(EvalSetSpec(str(item["name"]), str(item["path"]),
+                                 _strings(item.get("fields", ["text"]), "fields", here)))
+    return DecontamConfig(_int(raw.get("ngram", 13), "ngram", here), action, builtin, specs)
+
+
+def parse_config(raw: dict[str, Any], where: str = "curation recipe") -> CurationConfig:
+    """Check a curation table and build the config; every problem names `where` and the key."""
+    raw = _table(raw, where)
+    _unknown(raw, _TOP_KEYS, where)
+    sources_raw = _table(raw.get("sources", {}), f"{where} [sources]")
+    if not sources_raw:
+        raise LmforgeError(f"{where}: no sources",
+                           hint="add [sources.NAME] paths = [...], or pass --source NAME=PATH")
+    sources = [_source(n, v, where) for n, v in sources_raw.items()]
+    global_filters = dict(_table(raw.get("filters", {}), f"{where} [filters]"))
+    for s in sources:  # build once now so a bad filter setting fails before any work
+        s.filters = {**global_filters, **s.filters}
+        build_filters(s.preset, s.filters, where=f"{where} [sources.{s.name}]")
+    pii = _table(raw.get("pii", {}), f"{where} [pii]")
+    _unknown(pii, ("enabled", "kinds"), f"{where} [pii]")
+    kinds = _strings(pii.get("kinds", list(PII_KINDS)), "kinds", f"{where} [pii]")
+    bad = [k for k in kinds if k not in PII_KINDS]
+    if bad:
+        raise LmforgeError(f"{where} [pii]: unknown kind(s) {', '.join(bad)}",
+                           hint=f"known: {', '.join(PII_KINDS)}")
+    if pii.get("enabled", True) is False:
+        kinds = []
+    dedup = dict(_table(raw.get("dedup", {}), f"{where} [dedup]"))
+    exact, near = dedup.pop("exact", True), dedup.pop("near", True)
+    if not isinstance(exact, bool) or not isinstance(near, bool):
+        raise LmforgeError(f"{where} [dedup]: exact and near must be true or false")
+    minhash = check_minhash_settings(dedup, f"{where} [dedup]")
+    balance, balance_tokenizer = None, None
+    if "balance" in raw:
+        table = dict(_table(raw["balance"], f"{where} [balance]"))
+        balance_tokenizer = table.pop("tokenizer", None)
+        balance = check_mixture_settings(table, f"{where} [balance]", [s.name for s in sources])
+        if balance.by == "tokens" and not balance_tokenizer:
+            raise LmforgeError(f"{where} [balance]: by = \"tokens\" needs a tokenizer",
+                               hint='add tokenizer = "TOKENIZER_ID_OR_PATH", or balance by '
+                                    '"characters" or "documents"')
+    fmt = raw.get("output_format", "jsonl")
+    if fmt not in ("jsonl", "parquet"):
+        raise LmforgeError(f"{where}: output_format must be 'jsonl' or 'parquet', not {fmt!r}")
+    return CurationConfig(
+        sources=sources, pii_kinds=kinds, exact_dedup=exact, near_dedup=near, minhash=minhash,
+        decontaminate=_decontam(_table(raw.get("decontaminate", {}), where), where),
+        balance=balance, balance_tokenizer=balance_tokenizer,
+        workers=_int(raw.get("workers", 1), "workers", where),
+        shard_documents=_int(raw.get("shard_documents", 2000), "shard_documents", where),
+        output_format=fmt, fix_encoding=bool(raw.get("fix_encoding", True)),
+        examples=_int(raw.get("examples", 3), "examples", where, low=0))
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """A curation TOML file as a raw table (relative paths resolved against its folder)."""
+    raw = load_toml_file(path, "curation recipe")
+    base = path.resolve().parent
+    for src in _table(raw.get("sources", {}), f"{path} [sources]").values():
+        if isinstance(src, dict) and "paths" in src:
+            src["paths"] = [resolve_path(p, base) for p in _strings(src["paths"], "paths",
+                                                                     str(path))]
+    dec = raw.get("decontaminate")
+    if isinstance(dec, dict):
+        for item in dec.get("eval_sets", []):
+            if isinstance(item, dict) and isinstance(item.get("path"), str):
+                item["path"] = resolve_path(item["path"], base)
+    return raw
+
+
+def resolve_path(p: str, base: Path) -> str:
+    """Relative file paths are relative to the recipe; ids, `pydocs` and hf: names are not."""
+    if p == "pydocs" or p.startswith("hf:") or Path(p).is_absolute():
+        return p
+    candidate = base / p
+    if candidate.exists() or any(c in p for c in "*?[") or "/" in p:
+        return str(candidate)
+    return p  # an artifact id or alias

@@ -1,0 +1,73 @@
+"""Inputs of curation: a named source's documents (files, folders, globs, hf:NAME, dataset
+artifacts, the embedded corpus) read tolerantly, and the evaluation sets to decontaminate
+against."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from lmforge.curate.config import DecontamConfig, SourceConfig
+from lmforge.curate.decontam import BUILTIN_EVAL_SETS, Decontaminator, load_eval_set
+from lmforge.data.documents import Document, ReadErrors, read_documents
+from lmforge.data.eval_root import eval_data_root
+from lmforge.errors import LmforgeError
+
+EMBEDDED = "pydocs"
+
+
+def _is_path(ref: str) -> bool:
+    return ref.startswith("hf:") or Path(ref).exists() or any(c in ref for c in "*?[")
+
+
+def read_source(source: SourceConfig, resolve_dataset: Callable[[str], Iterator[Document]]
+                ) -> tuple[Iterator[Document], ReadErrors]:
+    """The source's documents, each labelled with the source's name; problems (bad lines,
+    unreadable files, a path that matches nothing) are collected, not raised, so one bad file
+    does not stop a long run. Read the collector after the documents are consumed."""
+    errors = ReadErrors()
+
+    def documents() -> Iterator[Document]:
+        paths = [p for p in source.paths if _is_path(p)]
+        for ref in source.paths:
+            if ref == EMBEDDED:
+                from lmforge.data.corpora.pydocs import build_pydocs_corpus
+
+                yield from _relabel(build_pydocs_corpus(), source.name)
+            elif not _is_path(ref):
+                try:
+                    yield from _relabel(resolve_dataset(ref), source.name)
+                except Exception as e:  # noqa: BLE001 - reported per source, the run goes on
+                    errors.add(ref, None, f"not a file, folder, glob or dataset: {e}",
+                               kind="unreadable", source=source.name)
+        if paths:
+            yield from read_documents(paths, text_field=source.text_field, source=source.name,
+                                      split=source.split, errors=errors)
+
+    return documents(), errors
+
+
+def _relabel(docs, name: str) -> Iterator[Document]:
+    for doc in docs:
+        meta = doc.meta if doc.source == name else {**doc.meta, "origin": doc.source}
+        yield Document(doc.id, doc.text, name, meta)
+
+
+def build_decontaminator(cfg: DecontamConfig, data_root: str | Path | None = None
+                         ) -> Decontaminator | None:
+    """Index every named evaluation set's n-grams (None when the recipe names none)."""
+    if not cfg.enabled:
+        return None
+    dec = Decontaminator(cfg.ngram)
+    root = eval_data_root(data_root)
+    if cfg.builtin and not root.is_dir():
+        raise LmforgeError(f"the evaluation data folder {root} does not exist, so the built-in "
+                           f"eval sets {', '.join(cfg.builtin)} cannot be read",
+                           hint="set LMFORGE_EVAL_DATA to a folder holding hellaswag/, arc/, "
+                                "..., or list eval files under [[decontaminate.eval_sets]]")
+    for name in cfg.builtin:
+        spec = BUILTIN_EVAL_SETS[name](root)
+        dec.add_eval_set(name, load_eval_set(spec, root))
+    for spec in cfg.eval_sets:
+        dec.add_eval_set(spec.name, load_eval_set(spec, Path.cwd()))
+    return dec

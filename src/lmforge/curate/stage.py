@@ -1,0 +1,132 @@
+"""Curation as a stage: run the pipeline in a resumable run folder and register the curated
+documents, stats.json, report.md and funnel.png as one dataset artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lmforge.curate.config import CurationConfig, parse_config
+from lmforge.curate.pipeline import run_pipeline
+from lmforge.curate.report import report_markdown, save_funnel_png
+from lmforge.data.documents import Document
+from lmforge.data.parts import dataset_documents
+from lmforge.errors import LmforgeError
+from lmforge.registry import Artifact, Workspace, atomic_write_text
+from lmforge.registry.store import remove_tree
+
+
+def _fingerprint(paths: list[str]) -> list[Any]:
+    """Sizes and mtimes of the input files, so edited inputs start a fresh run folder."""
+    out: list[Any] = []
+    for p in paths:
+        path = Path(p)
+        files = sorted(path.rglob("*")) if path.is_dir() else [path] if path.is_file() else []
+        for f in files:
+            if f.is_file():
+                st = f.stat()
+                out.append([str(f), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def run_key(cfg: CurationConfig) -> str:
+    paths = [p for s in cfg.sources for p in s.paths]
+    text = json.dumps([cfg.digest(), _fingerprint(paths)], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Bars:
+    """One rich progress bar per phase (reading counts documents; filtering counts shards)."""
+
+    def __init__(self, show: bool):
+        self.progress = Progress(TextColumn("{task.description:<14}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(),
+                                 disable=not show or bool(os.environ.get("LMFORGE_NO_PROGRESS")))
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        if phase not in self.tasks:
+            label = {"read": "reading docs", "filter": "curating shards"}.get(phase, phase)
+            self.tasks[phase] = self.progress.add_task(label, total=total)
+        self.progress.update(self.tasks[phase], completed=done, total=total)
+
+
+def curate_stage(ws: Workspace, raw: dict[str, Any], where: str = "curation recipe",
+                 show_progress: bool = True, keep_run: bool = False) -> Artifact:
+    """Curate the sources `raw` describes (see curate/config.py) into a dataset artifact."""
+    cfg = parse_config(raw, where)
+    parents: dict[str, list[str]] = {}
+
+    def resolve_dataset(ref: str) -> Iterator[Document]:
+        art = ws.resolve(ref, kind="dataset")
+        parents.setdefault("data", []).append(art.id)
+        return dataset_documents(art.path)
+
+    # Resolve dataset refs up front: their ids are parents, and a typo fails before any work.
+    for s in cfg.sources:
+        for p in s.paths:
+            if p != "pydocs" and not p.startswith("hf:") and not Path(p).exists() \
+                    and not any(c in p for c in "*?[") and "/" not in p:
+                resolve_dataset(p)
+    tokenizer_file = None
+    if cfg.balance_tokenizer:
+        tok_art = ws.resolve(cfg.balance_tokenizer, kind="tokenizer")
+        tokenizer_file = str(tok_art.file("tokenizer.json"))
+        parents["tokenizer"] = [tok_art.id]
+    run_dir = ws.runs_dir / f"curate-{run_key(cfg)}"
+    bars = _Bars(show_progress)
+    with ws.staging() as out, bars.progress:
+        result = run_pipeline(cfg, run_dir, out, lambda ref: dataset_documents(
+            ws.resolve(ref, kind="dataset").path), tokenizer_file, bars)
+        if result.documents == 0:
+            raise LmforgeError(
+                f"curation removed every document ({'; '.join(result.stats['warnings'])})",
+                hint="loosen the filters of the source's preset, or pick another preset; "
+                     f"the run's stats are in {run_dir}")
+        atomic_write_text(out / "report.md", report_markdown(result.stats))
+        _funnel_png(result.stats, out / "funnel.png")
+        names = [s.name for s in cfg.sources]
+        art = ws.register(
+            out, kind="dataset", stage="curate", parents=parents or None,
+            settings=cfg.settings(),
+            metrics={"documents": result.documents, "characters": result.characters,
+                     "sources": result.stats["sources"], "parts": len(result.parts),
+                     "warnings": result.stats["warnings"],
+                     "read_errors": result.stats["read_errors"]["count"],
+                     "seconds": round(result.seconds, 2), "workers": cfg.workers},
+            name="curated-" + "-".join(names)[:40])
+    if not keep_run:
+        remove_tree(run_dir)  # the artifact holds everything; the run folder only served resume
+    return art
+
+
+def _funnel_png(stats: dict[str, Any], path: Path) -> None:
+    try:
+        save_funnel_png(stats, path, title="curation funnel")
+    except LmforgeError:
+        pass  # matplotlib missing: the table and report.md still say everything
+
+
+def load_stats(ws: Workspace, ref: str) -> tuple[Artifact, dict[str, Any]]:
+    art = ws.resolve(ref, kind="dataset")
+    if "stats.json" not in art.files:
+        raise LmforgeError(f"dataset {art.id} was not made by `lmforge curate` (no stats.json)",
+                           hint="pass a curated dataset (see `lmforge registry ls --kind "
+                                "dataset`)")
+    return art, json.loads(art.file("stats.json").read_text())
+
+
+def curation_console_summary(art: Artifact, console: Console) -> None:
+    m = art.metrics
+    console.print(f"dataset [bold]{art.id}[/]: {m['documents']:,} documents, "
+                  f"{m['characters']:,} characters in {m['parts']} part(s)")
+    for w in m.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+
