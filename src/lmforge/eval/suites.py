@@ -1,0 +1,191 @@
+"""Built-in evaluation suites: the `base` suite for pretrained models.
+
+The benchmark files live in a data root: the `data_root` argument (the CLI's
+`--data-root`), else `$LMFORGE_EVAL_DATA`, else `../shared/data` beside the repository.
+Each task formats its records the way lm-evaluation-harness 0.4 does (its task YAML and
+utils files are cited per task), so scores are comparable with published lm-eval numbers:
+
+- hellaswag: "{activity_label}: {ctx}" and the 4 endings through lm-eval's `preprocess`.
+  The shared copy (klosax's extraction) lacks ctx_a/ctx_b, so lm-eval's capitalization of
+  ctx_b cannot be redone; feeding lm-eval the record with ctx_a=ctx, ctx_b="" gives exactly
+  the prompts here.
+- arc_easy / arc_challenge (test split), piqa: "Question: ...\\nAnswer:" and the choices.
+- winogrande: partial scoring; each option fills the blank of the prefix, the text after the
+  blank is scored (lm-eval's preprocess_winogrande.py). Version 1.0 dev (see SOURCE.md).
+- lambada (OpenAI detokenized test): the last space-separated word; acc = greedy match,
+  perplexity = exp(-mean log-likelihood) (lm-eval's lambada_openai).
+- wikitext (WikiText-2 test, the tokenized v1 file): one document per article, lm-eval's
+  `wikitext_detokenizer` applied before scoring; words and bytes are counted on the text
+  before detokenizing, as lm-eval's wikitext task does. lm-eval reads the *raw* variant, so
+  absolute numbers differ from its table (`<unk>` here), not the method.
+- docstrings_mc / docstrings_bpb: held-out standard-library docstrings (docstrings.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from lmforge.data.eval_root import eval_data_root
+from lmforge.errors import LmforgeError
+from lmforge.eval.docstrings import docstring_tasks
+from lmforge.eval.tasks import (
+    LoglikelihoodItem,
+    LoglikelihoodTask,
+    MCItem,
+    MultipleChoiceTask,
+    PerplexityItem,
+    PerplexityTask,
+    Record,
+    Task,
+    parse_gold,
+)
+
+# Items per multiple-choice / last-word task unless the caller lifts it: enough for a
+# stderr near 2 points (sqrt(.25/500) = 0.022) at a CPU-friendly cost.
+DEFAULT_LIMIT = 500
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+default_data_root = eval_data_root  # --data-root, $LMFORGE_EVAL_DATA, ../shared/data
+
+
+# ---- per-benchmark record parsers --------------------------------------------------------
+
+def hellaswag_preprocess(text: str) -> str:
+    """lm-eval's tasks/hellaswag/utils.py `preprocess`: WikiHow bracket markup removed."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def parse_hellaswag(record: Record, index: int) -> MCItem:
+    ctx = record.get("activity_label") + ": " + record.get("ctx")
+    endings = [hellaswag_preprocess(e) for e in record.get("endings")]
+    return MCItem(hellaswag_preprocess(ctx), endings,
+                  parse_gold(int(record.get("label")), endings, record.where), index)
+
+
+def parse_arc(record: Record, index: int) -> MCItem:
+    choices = record.get("choices")
+    if not isinstance(choices, dict) or "text" not in choices or "label" not in choices:
+        raise LmforgeError(f"{record.where}: 'choices' must be {{\"text\": [...], "
+                           f"\"label\": [...]}}")
+    key = record.get("answerKey")
+    if key not in choices["label"]:
+        raise LmforgeError(f"{record.where}: answerKey {key!r} is not one of the labels "
+                           f"{choices['label']}")
+    return MCItem(f"Question: {record.get('question')}\nAnswer:", list(choices["text"]),
+                  choices["label"].index(key), index)
+
+
+def parse_piqa(record: Record, index: int) -> MCItem:
+    choices = [record.get("sol1"), record.get("sol2")]
+    return MCItem(f"Question: {record.get('goal')}\nAnswer:", choices,
+                  parse_gold(int(record.get("label")), choices, record.where), index)
+
+
+def parse_winogrande(record: Record, index: int) -> MCItem:
+    sentence = record.get("sentence")
+    if "_" not in sentence:
+        raise LmforgeError(f"{record.where}: the sentence has no '_' blank")
+    blank = sentence.index("_")
+    choices = [record.get("option1"), record.get("option2")]
+    gold = {"1": 0, "2": 1}.get(str(record.get("answer")))
+    if gold is None:
+        raise LmforgeError(f"{record.where}: answer {record.get('answer')!r} is not '1' or '2'")
+    return MCItem(sentence[:blank], choices, gold, index, suffix=sentence[blank + 1:].strip())
+
+
+def parse_lambada(record: Record, index: int) -> LoglikelihoodItem:
+    words = record.get("text").split(" ")
+    return LoglikelihoodItem(" ".join(words[:-1]), " " + words[-1], index)
+
+
+def wikitext_detokenize(text: str) -> str:
+    """lm-eval's tasks/wikitext/preprocess_wikitext.py `wikitext_detokenizer`, step by step."""
+    s = text.replace("s '", "s'")
+    s = re.sub(r"/' [0-9]/", r"/'[0-9]/", s)
+    for a, b in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" : ", ": "),
+                 (" ; ", "; "), (" . ", ". "), (" ! ", "! "), (" ? ", "? "), (" , ", ", ")):
+        s = s.replace(a, b)
+    s = re.sub(r"\(\s*([^\)]*?)\s*\)", r"(\1)", s)
+    s = re.sub(r"\[\s*([^\]]*?)\s*\]", r"[\1]", s)
+    s = re.sub(r"{\s*([^}]*?)\s*}", r"{\1}", s)
+    s = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', s)
+    s = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", s)
+    for a, b in (("= = = =", "===="), ("= = =", "==="), ("= =", "=="),
+                 (" " + chr(176) + " ", chr(176)), (" \n", "\n"), ("\n ", "\n"),
+                 (" N ", " 1 "), (" 's", "'s")):
+        s = s.replace(a, b)
+    return s
+
+
+_ARTICLE_HEADING = re.compile(r"^ = [^=].* = $")
+
+
+def read_wikitext(path: Path) -> list[PerplexityItem]:
+    """Articles of a WikiText `.tokens` file: each starts at a top-level ` = Title = ` line."""
+    if not path.is_file():
+        raise LmforgeError(f"{path}: no such file", hint="check the data root")
+    articles: list[list[str]] = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if _ARTICLE_HEADING.match(line.rstrip("\n")):
+            articles.append([])
+        if articles:
+            articles[-1].append(line)
+    items = []
+    for i, lines in enumerate(articles):
+        page = "".join(lines).strip()
+        words = len(re.split(r"\s+", page))
+        items.append(PerplexityItem(wikitext_detokenize(page), i, words=words,
+                                    n_bytes=len(page.encode("utf-8"))))
+    return items
+
+
+# ---- the suite -------------------------------------------------------------------------
+
+def _mc(name: str, path: Path, parse: Callable, limit: int | None) -> MultipleChoiceTask:
+    return MultipleChoiceTask(name=name, path=path, limit=limit, parse=parse)
+
+
+def base_suite(data_root: str | Path | None = None, limit: int | None = DEFAULT_LIMIT,
+               include_docstrings: bool = True) -> list[Task]:
+    """The base-model suite. `limit` caps the multiple-choice and last-word tasks (None:
+    every item); wikitext is always whole (44 articles in the shared copy)."""
+    root = default_data_root(data_root)
+    if not root.is_dir():
+        raise LmforgeError(f"evaluation data root {root} does not exist",
+                           hint="pass --data-root, set LMFORGE_EVAL_DATA, or run the "
+                                "'pydocs' suite, which needs no files")
+    tasks: list[Task] = [
+        _mc("hellaswag", root / "hellaswag" / "hellaswag_val.jsonl", parse_hellaswag, limit),
+        _mc("arc_easy", root / "arc" / "ARC-Easy-test.jsonl", parse_arc, limit),
+        _mc("arc_challenge", root / "arc" / "ARC-Challenge-test.jsonl", parse_arc, limit),
+        _mc("piqa", root / "piqa" / "piqa_valid.jsonl", parse_piqa, limit),
+        _mc("winogrande", root / "winogrande" / "winogrande_v1.0_dev.jsonl", parse_winogrande,
+            limit),
+        LoglikelihoodTask(name="lambada", path=root / "lambada" / "lambada_test.jsonl",
+                          limit=limit, parse=parse_lambada),
+        PerplexityTask(name="wikitext", path=root / "wikitext2" / "wiki.test.tokens",
+                       reader=read_wikitext),
+    ]
+    missing = [str(t.path) for t in tasks if not Path(t.path).is_file()]
+    if missing:
+        raise LmforgeError(f"evaluation data missing under {root}: {', '.join(missing)}",
+                           hint="point --data-root at a folder laid out like shared/data")
+    if include_docstrings:
+        tasks += docstring_tasks(limit=limit)
+    return tasks
+
+
+def pydocs_suite(data_root: str | Path | None = None, limit: int | None = DEFAULT_LIMIT
+                 ) -> list[Task]:
+    """Only the held-out docstring tasks: needs no data files (the embedded corpus)."""
+    return docstring_tasks(limit=limit)
+
+
+# name -> (data_root, limit) -> tasks; the CLI looks suites up here.
+SUITES: dict[str, Callable[..., list[Task]]] = {"base": base_suite, "pydocs": pydocs_suite}
