@@ -52,3 +52,17 @@ def alias(
 ) -> None:
     art_id = workspace().set_alias(name, ref)
     console.print(f"{name} -> {art_id}")
+
+
+@registry_app.command(help="Move a model to a lifecycle state (e.g. approved). Approval needs "
+                           "an eval report and a red-team report of this exact model that "
+                           "passed their gates; --force overrides, and the record says so.")
+def promote(
+    ref: str = typer.Argument(..., help="The model (id, prefix or alias)."),
+    state: str = typer.Argument(..., help="approved, deployed, deprecated, retired, archived."),
+    reason: str = typer.Option(..., "--reason", help="Why (kept in the record)."),
+    force: bool = typer.Option(False, help="Move even if a check fails (recorded as forced)."),
+) -> None:
+    event = workspace().set_state(ref, state, reason, force=force)
+    forced = " [yellow](forced)[/]" if event.forced else ""
+    console.print(f"{event.artifact_id}: {event.from_state} -> {event.to_state}{forced}")

@@ -1,0 +1,137 @@
+"""Evaluation as a stage (5: base testing, 7: chat testing): build the tasks of a suite and/or a
+task file, evaluate the model, check the gates, and register the report as an `eval-report`
+artifact whose parent is the exact model evaluated (its weights' sha256 is in the report).
+
+`lmforge registry promote MODEL approved` looks for such a report with `gates_passed: true`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import LmforgeError
+from lmforge.eval.gates import check_gates_apply, evaluate_gates, parse_gates
+from lmforge.eval.render_report import report_markdown
+from lmforge.eval.runner import EvalSettings, evaluate
+from lmforge.eval.suites import SUITES
+from lmforge.eval.tasks import Task, load_tasks_toml
+from lmforge.model.stage import load_model
+from lmforge.registry import Artifact, Workspace, atomic_write_json, atomic_write_text
+
+REPORT_KIND = "eval-report"
+CHAT_SUITE = "chat"
+CHAT_TASKS = ("ifeval", "edge_cases")
+ALL_SUITES = (*SUITES, CHAT_SUITE)
+
+
+def _weights_sha256(art: Artifact | None, model_dir: Path) -> str:
+    if art is not None and "model.safetensors" in art.files:
+        return art.files["model.safetensors"]["sha256"]
+    h = hashlib.sha256()
+    with open(model_dir / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_tasks(suite: str | None, tasks_file: str | Path | None, data_root: str | None,
+                limit: int | None) -> list[Task]:
+    if suite is None and tasks_file is None:
+        raise LmforgeError("nothing to evaluate", hint=f"pass --suite ({', '.join(ALL_SUITES)})"
+                                                       " and/or --tasks FILE.toml")
+    if suite is not None and suite not in ALL_SUITES:
+        raise LmforgeError(f"unknown suite {suite!r}", hint=f"use one of: {', '.join(ALL_SUITES)}")
+    tasks: list[Task] = []
+    if suite in SUITES:
+        tasks += SUITES[suite](data_root, limit) if limit else SUITES[suite](data_root)
+    if tasks_file is not None:
+        tasks += load_tasks_toml(Path(tasks_file))
+    return tasks
+
+
+def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """`task/metric` -> value: what the registry shows and gates read."""
+    return {f"{task}/{name}": m["value"] for task, entry in report["tasks"].items()
+            for name, m in entry["metrics"].items()}
+
+
+def eval_stage(ws: Workspace, model_ref: str, suite: str | None = None,
+               tasks_file: str | Path | None = None, gates: Sequence[str] = (),
+               data_root: str | None = None, limit: int | None = None, batch_size: int = 32,
+               seed: int = 0, device: str = "cpu", max_new_tokens: int = 64,
+               show_progress: bool = True) -> tuple[Artifact, dict[str, Any]]:
+    """Evaluate a model (artifact ref or model folder) and register the report."""
+    parsed_gates = parse_gates(list(gates), "gates")
+    tasks = build_tasks(suite, tasks_file, data_root, limit)
+    model, tok, art = load_model(ws, model_ref, device)
+    if art is None:
+        label = str(model_ref)
+    else:
+        label = f"{art.id} ({art.name})" if art.name else art.id
+    task_names = {t.name: t for t in tasks}
+    if suite == CHAT_SUITE:
+        from lmforge.eval.chat_suite import require_chat_template
+
+        require_chat_template(tok, f"model {label}")
+        task_names.update(dict.fromkeys(CHAT_TASKS))
+    check_gates_apply(parsed_gates, task_names)  # a gate typo fails before minutes of work
+    settings = EvalSettings(batch_size=batch_size, seed=seed, limit=limit, device=device,
+                            max_new_tokens=max_new_tokens)
+    report = evaluate(model, tok, tasks, settings, progress=show_progress,
+                      suite=suite or "custom")
+    if suite == CHAT_SUITE:
+        from lmforge.eval.chat_suite import run_chat_suite
+
+        report["tasks"].update(run_chat_suite(model, tok, settings, limit, show_progress))
+    seconds = report.pop("seconds", None)
+    model_dir = art.path if art is not None else Path(model_ref)
+    report["model"] = label
+    report["model_id"] = art.id if art else None
+    report["weights_sha256"] = _weights_sha256(art, model_dir)
+    if tasks_file is not None:
+        report["settings"]["tasks_file"] = str(tasks_file)
+    report["gates"] = evaluate_gates(parsed_gates, report)
+    return register_report(ws, report, art, seconds), report
+
+
+def register_report(ws: Workspace, report: dict[str, Any], model_art: Artifact | None,
+                    seconds: float | None = None, extra_parents: dict[str, str] | None = None
+                    ) -> Artifact:
+    """Store report.json + report.md as an eval-report artifact of the evaluated model."""
+    parents: dict[str, str] = dict(extra_parents or {})
+    if model_art is not None:
+        parents["model"] = model_art.id
+    metrics: dict[str, Any] = {**flat_metrics(report),
+                               "gates_passed": report.get("gates", {}).get("passed")}
+    if seconds is not None:
+        metrics["seconds"] = seconds  # in metrics, not the files: ids follow results only
+    with ws.staging() as d:
+        atomic_write_json(d / "report.json", report)
+        atomic_write_text(d / "report.md", report_markdown(report))
+        return ws.register(d, kind=REPORT_KIND, stage="eval", parents=parents or None,
+                           settings={"suite": report.get("suite"), **report["settings"],
+                                     "gates": [f"{r['metric']} {r['op']} {r['threshold']:g}"
+                                               for r in report["gates"]["results"]]},
+                           metrics=metrics,
+                           name=f"eval-{report.get('suite')}")
+
+
+def load_report(ws: Workspace, ref: str, suite: str | None = None) -> tuple[Artifact, dict]:
+    """An eval report by its ref, or the newest report of a model (of `suite` if given)."""
+    rec = ws.record(ref)
+    if rec.kind == "model":
+        reports = [r for r in ws.children(rec.id, kind=REPORT_KIND)
+                   if suite is None or r.settings.get("suite") == suite]
+        if not reports:
+            which = f" of suite {suite!r}" if suite else ""
+            raise LmforgeError(f"model {rec.id} has no eval report{which}",
+                               hint=f"run `lmforge eval {rec.id} --suite ...` first")
+        rec = reports[0]  # newest first
+    elif rec.kind != REPORT_KIND:
+        raise LmforgeError(f"{ref} is a {rec.kind}, not a model or an eval report")
+    art = ws.resolve(rec.id, kind=REPORT_KIND)
+    return art, json.loads(art.file("report.json").read_text())
