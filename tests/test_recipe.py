@@ -138,5 +138,5 @@ def test_set_must_name_an_existing_step(recipe_dir):
 
 def test_builtin_quickstart_recipe_loads():
     recipe = load_recipe("quickstart", [], tuple(STAGES))
-    assert [s.stage for s in recipe.steps][:3] == ["corpus", "clean", "tokenizer"]
+    assert [s.stage for s in recipe.steps][:3] == ["corpus", "curate", "tokenizer"]
     assert recipe.steps[-1].stage == "compare"

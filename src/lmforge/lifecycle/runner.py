@@ -45,8 +45,14 @@ def resolve_references(params: dict[str, Any], outputs: dict[str, str | None], s
             return produced
         return value
 
-    return {k: [one(v) for v in val] if isinstance(val, list) else one(val)
-            for k, val in params.items()}
+    def walk(value: Any) -> Any:  # tables nest (e.g. a curation step's [sources.NAME])
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return one(value)
+
+    return walk(params)
 
 
 def step_key(stage: str, params: dict[str, Any]) -> str:

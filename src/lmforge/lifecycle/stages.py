@@ -13,6 +13,8 @@ from typing import Any
 
 from rich.console import Console
 
+from lmforge.curate.config import resolve_path
+from lmforge.curate.stage import curate_stage
 from lmforge.data.stage import (
     clean_stage,
     register_files,
@@ -23,6 +25,7 @@ from lmforge.data.stage import (
 from lmforge.design.spec import from_preset, load_toml
 from lmforge.design.stage import apply_overrides, register_design
 from lmforge.errors import LmforgeError
+from lmforge.eval.stage import eval_stage
 from lmforge.lifecycle.compare import compare_samples
 from lmforge.model.stage import init_stage
 from lmforge.registry import Workspace
@@ -83,6 +86,24 @@ def clean(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
                               f"({', '.join(f'{v} {k}' for k, v in stats['removed'].items())})")
 
 
+def curate(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
+    """A curation step: the keys of a curation TOML (sources, filters, dedup, ...) inline."""
+    raw = {k: v for k, v in p.items()}
+    sources = raw.get("sources")
+    if isinstance(sources, dict):  # paths relative to the recipe file
+        for name, src in sources.items():
+            entry = dict(src) if isinstance(src, dict) else {"paths": src}
+            paths = entry.get("paths", [])
+            entry["paths"] = [resolve_path(x, ctx.base_dir) for x in
+                              (paths if isinstance(paths, list) else [paths])]
+            sources[name] = entry
+    art = curate_stage(ctx.ws, raw, where=f"step '{step}'", show_progress=ctx.show_progress)
+    m = art.metrics
+    kept = ", ".join(f"{n} {s['documents_out']:,}/{s['documents_in']:,}"
+                     for n, s in m["sources"].items())
+    return StepOutput(art.id, f"{m['documents']:,} documents kept ({kept})")
+
+
 def tokenizer(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
     _take(p, step, required=("data", "vocab_size"), optional=("min_frequency",))
     art = train_tokenizer_stage(ctx.ws, [p["data"]], p["vocab_size"],
@@ -127,6 +148,31 @@ def pretrain(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
                               f"{result.seconds:.0f} s; val loss {result.val_loss:.3f}{bpb}")
 
 
+def _headline(metrics: dict[str, Any]) -> tuple[str, Any]:
+    """The one metric a summary line shows for a task."""
+    for name in ("acc_norm", "bpb", "prompt_level_acc", "acc"):
+        if name in metrics:
+            return name, metrics[name]
+    return next(iter(metrics.items()))
+
+
+def evaluation(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
+    _take(p, step, required=("model",),
+          optional=("suite", "tasks", "gates", "limit", "batch_size", "seed", "data_root",
+                    "max_new_tokens"))
+    settings = {k: v for k, v in p.items() if k not in ("model", "tasks", "data_root")}
+    tasks = str(ctx.base_dir / p["tasks"]) if "tasks" in p else None
+    data_root = str(ctx.base_dir / p["data_root"]) if "data_root" in p else None
+    art, report = eval_stage(ctx.ws, p["model"], tasks_file=tasks, data_root=data_root,
+                             show_progress=ctx.show_progress, **settings)
+    shown = ", ".join(f"{task}/{name} {m['value']:.3f}±{m['stderr']:.3f}"
+                      for task, entry in report["tasks"].items()
+                      for name, m in [_headline(entry["metrics"])])
+    passed = report["gates"]["passed"]
+    verdict = "" if passed is None else ("; gates passed" if passed else "; gates FAILED")
+    return StepOutput(art.id, shown + verdict)
+
+
 def compare(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
     _take(p, step, required=("models",), optional=("prompt", "max_tokens", "seed"))
     compare_samples(ctx.ws, p["models"], p.get("prompt", "What does os.path.join do?"),
@@ -135,7 +181,7 @@ def compare(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
 
 
 STAGES: dict[str, Callable[[Context, str, dict[str, Any]], StepOutput]] = {
-    "corpus": corpus, "files": files, "clean": clean, "tokenizer": tokenizer,
+    "corpus": corpus, "files": files, "clean": clean, "curate": curate, "tokenizer": tokenizer,
     "design": design, "init": init, "tokenize": tokenize, "pretrain": pretrain,
-    "compare": compare,
+    "eval": evaluation, "compare": compare,
 }
