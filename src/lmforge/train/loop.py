@@ -165,6 +165,10 @@ def train(model: Transformer, objective: Objective, train_src: TokenSource,
                       "mfu": tokens_per_s * flops / peak, "elapsed_s": state["elapsed"]}
             last = step + 1 == total
             if (step + 1) % s.eval_every == 0 or last:
+                # A peak measured while other work held the cores is too low and would show
+                # MFU above 100%: measure again now and then, keep the best.
+                peak = max(peak, measure_matmul_peak(device, amp or torch.float32,
+                                                     seconds=0.1).flops_per_second)
                 val = evaluate(model, objective, val_src, s, device, amp)
                 record["val_loss"] = state["val_loss"] = val
                 if bits_per_token_scale:
