@@ -34,12 +34,13 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinystories"
 
 
 def write_input(data: Path, out: Path) -> tuple[int, int]:
-    """TinyStories text files → one JSONL of stories; (documents, UTF-8 bytes of text)."""
+    """TinyStories text files → one JSONL of blank-line blocks (stories, or paragraphs where
+    the files do not mark story ends); (documents, UTF-8 bytes of text)."""
     from lmforge.data.documents import read_documents
 
     docs, size = 0, 0
     with out.open("w", encoding="utf-8") as f:
-        for doc in read_documents(sorted(data.glob("*.txt")), split="eot"):
+        for doc in read_documents(sorted(data.glob("*.txt")), split="blank_line"):
             f.write(json.dumps({"id": doc.id, "text": doc.text}) + "\n")
             docs += 1
             size += len(doc.text.encode("utf-8"))
@@ -62,7 +63,9 @@ def run_datatrove(jsonl: Path, work: Path) -> int:
     LocalPipelineExecutor(
         pipeline=[JsonlReader(str(jsonl.parent), glob_pattern=jsonl.name),
                   FTFYFormatter(), GopherRepetitionFilter(), GopherQualityFilter(),
-                  C4QualityFilter(), FineWebQualityFilter(), PIIFormatter(),
+                  # FineWeb's own pipeline (and lmforge's web preset) turns this C4 rule off
+                  C4QualityFilter(filter_no_terminal_punct=False), FineWebQualityFilter(),
+                  PIIFormatter(),
                   JsonlWriter(str(out), compression=None)],
         tasks=1, workers=1, logging_dir=str(work / "dt-logs"), skip_completed=False,
     ).run()
