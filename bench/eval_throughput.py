@@ -27,7 +27,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from lmforge.design.hardware import cpu_name
 from lmforge.design.spec import ModelDesign, from_preset
 from lmforge.eval.runner import EvalSettings, evaluate
 from lmforge.eval.suites import default_data_root, parse_hellaswag
@@ -56,17 +56,6 @@ class Contender:
     run: Callable[[int], dict]  # n items -> {"acc": ..., "acc_norm": ...}
     times: list[float] = field(default_factory=list)
     scores: dict = field(default_factory=dict)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def tokenizer_texts(root: Path) -> list[str]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.design.estimate import training_flops_per_token
-from lmforge.design.hardware import measure_matmul_peak
+from lmforge.design.hardware import cpu_name, measure_matmul_peak
 from lmforge.design.spec import ModelDesign, from_preset
 from lmforge.model.hf_config import design_to_hf_config
 from lmforge.model.init import initialize
@@ -180,17 +179,6 @@ def run_shape(name: str, d: ModelDesign, seq: int, args: argparse.Namespace) -> 
             "peak_square_1024_flops": square, "peak_model_shapes_flops": shaped,
             "peak_used": "square_1024" if square >= shaped else "model_shapes",
             "results": rows}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def print_table(report: dict) -> None:

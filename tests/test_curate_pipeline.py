@@ -208,3 +208,15 @@ def test_cli_curate_and_report(cli, tmp_path):
     assert code == 2 and "NAME=PATH" in err
     code, out, err = cli("curate", "--presets")
     assert code == 0 and "gopher_quality" in out
+
+
+def test_datatrove_executor_gives_the_same_bytes(tmp_path):
+    pytest.importorskip("datatrove")
+    web = _stories(tmp_path)
+    base = {"sources": {"web": {"paths": [str(web)]}}, "shard_documents": 5}
+    one, out1 = _run(tmp_path, base, "procs")
+    dt, out2 = _run(tmp_path, {**base, "executor": "datatrove", "workers": 2}, "dt")
+    assert one.parts == dt.parts
+    for part in one.parts + ["stats.json"]:
+        assert (out1 / part).read_bytes() == (out2 / part).read_bytes()
+    assert (tmp_path / "run-dt" / "datatrove-logs").is_dir()

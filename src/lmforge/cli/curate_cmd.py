@@ -49,7 +49,9 @@ def curate(
                                      "[decontaminate], [balance]."),
     preset: str = typer.Option(None, help="Filter preset for --source sources: web, docs or "
                                           "chat (default: web; docs for pydocs)."),
-    workers: int = typer.Option(None, "--workers", "-j", help="Worker processes."),
+    workers: int = typer.Option(None, "--workers", "-j", help="Worker processes (or tasks)."),
+    executor: str = typer.Option(None, help="processes (default) or datatrove: runs the "
+                                           "per-shard work as datatrove tasks."),
     text_field: str = typer.Option("text", help="JSONL/Parquet field holding the text."),
     split: str = typer.Option("auto", help="Text files: auto, file, blank_line or eot."),
     decontaminate: list[str] = typer.Option(
@@ -77,6 +79,8 @@ def curate(
         raw.setdefault("sources", {}).update(_cli_sources(source, preset, text_field, split))
     if workers is not None:
         raw["workers"] = workers
+    if executor is not None:
+        raw["executor"] = executor
     if decontaminate:
         dec = raw.setdefault("decontaminate", {})
         dec["builtin"] = list(dict.fromkeys([*dec.get("builtin", []), *decontaminate]))

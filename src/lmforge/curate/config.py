@@ -33,6 +33,7 @@ from lmforge.curate.pii import PII_KINDS
 from lmforge.errors import LmforgeError
 
 _TOP_KEYS = ("sources", "filters", "pii", "dedup", "decontaminate", "balance", "workers",
+             "executor",
              "shard_documents", "output_format", "fix_encoding", "examples")
 _SOURCE_KEYS = ("paths", "preset", "filters", "text_field", "split")
 _SPLITS = ("auto", "file", "blank_line", "eot")
@@ -71,20 +72,23 @@ class CurationConfig:
     balance: MixtureSettings | None = None
     balance_tokenizer: str | None = None  # tokenizer ref that counts tokens for by = "tokens"
     workers: int = 1
+    executor: str = "processes"  # or "datatrove" (curate/distributed.py); never changes output
     shard_documents: int = 2000
     output_format: str = "jsonl"
     fix_encoding: bool = True
     examples: int = 3  # removal examples kept per reason
 
     def digest(self) -> str:
-        """What decides the output: everything but `workers` (same bytes for 1 or N)."""
+        """What decides the output: all but workers and executor (the same bytes either way)."""
         d = asdict(self)
         d.pop("workers")
+        d.pop("executor")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
     def settings(self) -> dict[str, Any]:
         d = json.loads(json.dumps(asdict(self), default=str))
         d.pop("workers")
+        d.pop("executor")
         return d
 
 
@@ -193,6 +197,10 @@ def parse_config(raw: dict[str, Any], where: str = "curation recipe") -> Curatio
             raise LmforgeError(f"{where} [balance]: by = \"tokens\" needs a tokenizer",
                                hint='add tokenizer = "TOKENIZER_ID_OR_PATH", or balance by '
                                     '"characters" or "documents"')
+    executor = raw.get("executor", "processes")
+    if executor not in ("processes", "datatrove"):
+        raise LmforgeError(f"{where}: executor must be 'processes' or 'datatrove', not "
+                           f"{executor!r}")
     fmt = raw.get("output_format", "jsonl")
     if fmt not in ("jsonl", "parquet"):
         raise LmforgeError(f"{where}: output_format must be 'jsonl' or 'parquet', not {fmt!r}")
@@ -200,7 +208,7 @@ def parse_config(raw: dict[str, Any], where: str = "curation recipe") -> Curatio
         sources=sources, pii_kinds=kinds, exact_dedup=exact, near_dedup=near, minhash=minhash,
         decontaminate=_decontam(_table(raw.get("decontaminate", {}), where), where),
         balance=balance, balance_tokenizer=balance_tokenizer,
-        workers=_int(raw.get("workers", 1), "workers", where),
+        workers=_int(raw.get("workers", 1), "workers", where), executor=executor,
         shard_documents=_int(raw.get("shard_documents", 2000), "shard_documents", where),
         output_format=fmt, fix_encoding=bool(raw.get("fix_encoding", True)),
         examples=_int(raw.get("examples", 3), "examples", where, low=0))

@@ -13,7 +13,6 @@ ARC-Easy's 1,664 shorter items take 0.46 MB.
 from __future__ import annotations
 
 import gzip
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.curate.dedup import ngram_hashes, simplify_words, word_hashes
+from lmforge.data.jsonl import json_objects
 from lmforge.errors import LmforgeError
 
 # GPT-3 (appendix C): shorter n-grams match unrelated text by chance, so nothing under 8 words.
@@ -68,32 +68,21 @@ def load_eval_set(spec: EvalSetSpec, base_dir: Path) -> list[str]:
     if not path.is_file():
         raise LmforgeError(f"eval set '{spec.name}': file not found: {path}",
                            hint="check the path in [[decontaminate.eval_sets]]")
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        if not spec.fields:
+            raise LmforgeError(f"eval set '{spec.name}': no fields named",
+                               hint='say which JSONL fields hold the text, e.g. '
+                                    'fields = ["text"]')
+        return ["\n".join(_field_text(record, f, where, spec.name) for f in spec.fields)
+                for where, record in json_objects(path, hint="eval set files are JSON Lines: "
+                                                             "one object per line")]
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            return [line for line in f.read().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise LmforgeError(f"eval set '{spec.name}': cannot read {path}: {e}",
                            hint="eval sets are UTF-8 text or JSONL files") from None
-    if not path.name.endswith((".jsonl", ".jsonl.gz")):
-        return [line for line in lines if line.strip()]
-    if not spec.fields:
-        raise LmforgeError(f"eval set '{spec.name}': no fields named",
-                           hint='say which JSONL fields hold the text, e.g. fields = ["text"]')
-    items = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LmforgeError(f"{where}: not valid JSON ({e.msg})",
-                               hint="eval set files are JSON Lines: one object per line") from None
-        if not isinstance(record, dict):
-            raise LmforgeError(f"{where}: a JSONL record must be an object")
-        items.append("\n".join(_field_text(record, f, where, spec.name) for f in spec.fields))
-    return items
 
 
 def _field_text(record: dict[str, Any], name: str, where: str, set_name: str) -> str:

@@ -140,6 +140,12 @@ def _shard_phase(cfg: CurationConfig, run_dir: Path, parts: list[str], setup: Wo
     progress("filter", done, len(parts))
     if not todo:
         return
+    if cfg.executor == "datatrove":
+        from lmforge.curate.distributed import run_with_datatrove
+
+        run_with_datatrove(setup, run_dir, parts, cfg.workers)
+        progress("filter", len(parts), len(parts))
+        return
     with _executor(setup, cfg.workers) as pool:
         if pool is None:
             for p in todo:
@@ -239,27 +245,27 @@ def run_pipeline(cfg: CurationConfig, run_dir: Path, out_dir: Path, resolve_data
             repeats[idx] = plan.repeats[s]
         mixture_report = plan.report
 
+    dedup_steps = (("exact_dedup", "exact_dedup:duplicate", cfg.exact_dedup, exact_of),
+                   ("near_dedup", "near_dedup:near_duplicate", cfg.near_dedup, near_of))
     writer = DocumentPartWriter(out_dir, cfg.output_format, cfg.shard_documents)
     i = 0
     for p in parts:
         for doc in load_documents_jsonl(stage1 / f"{p}.jsonl"):
             chars = len(doc.text)
-            if cfg.exact_dedup:
-                if exact_of[i] >= 0:
-                    funnel.removed("exact_dedup", doc.source, chars, "exact_dedup:duplicate",
-                                   {"id": doc.id, "excerpt": excerpt(doc.text),
-                                    "duplicate_of": docs_ids[exact_of[i]]})
-                    i += 1
+            duplicate = False
+            for step, reason, enabled, of in dedup_steps:
+                if not enabled:
                     continue
-                funnel.passed("exact_dedup", doc.source, chars, chars)
-            if cfg.near_dedup:
-                if near_of[i] >= 0:
-                    funnel.removed("near_dedup", doc.source, chars, "near_dedup:near_duplicate",
+                if of[i] >= 0:
+                    funnel.removed(step, doc.source, chars, reason,
                                    {"id": doc.id, "excerpt": excerpt(doc.text),
-                                    "duplicate_of": docs_ids[near_of[i]]})
-                    i += 1
-                    continue
-                funnel.passed("near_dedup", doc.source, chars, chars)
+                                    "duplicate_of": docs_ids[of[i]]})
+                    duplicate = True
+                    break
+                funnel.passed(step, doc.source, chars, chars)
+            if duplicate:
+                i += 1
+                continue
             if cfg.balance is not None:
                 if repeats[i] == 0:
                     funnel.removed("balance", doc.source, chars, "balance:downsampled",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import time
 from dataclasses import dataclass
 
@@ -60,3 +61,15 @@ def measure_matmul_peak(device: torch.device | None = None, dtype: torch.dtype |
         _sync(device)
         best = min(best, time.perf_counter() - start)
     return MatmulPeak(str(device), str(dtype).removeprefix("torch."), size, 2 * size**3 / best)
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for benchmark reports."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -17,8 +17,6 @@ raises LmforgeError naming the file and line.
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 import string
 from collections.abc import Callable, Iterator
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lmforge._toml import tomllib
+from lmforge.data.jsonl import json_objects
 from lmforge.errors import LmforgeError
 
 GEN_METRICS = ("exact_match", "contains", "regex", "f1")
@@ -116,21 +115,8 @@ def read_jsonl(path: Path) -> Iterator[Record]:
     """Records of a .jsonl or .jsonl.gz file, skipping blank lines."""
     if not path.is_file():
         raise LmforgeError(f"{path}: no such file", hint="check the task's path")
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{number}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmforgeError(f"{where}: not valid JSON ({e.msg})",
-                                   hint="each line must be one JSON object") from None
-            if not isinstance(data, dict):
-                raise LmforgeError(f"{where}: a JSON {type(data).__name__}, not an object",
-                                   hint="each line must be one JSON object")
-            yield Record(data, where)
+    for where, data in json_objects(path):
+        yield Record(data, where)
 
 
 def parse_gold(value: Any, choices: list[str], where: str) -> int:
