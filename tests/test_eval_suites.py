@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,16 @@ def test_docstring_tasks_are_held_out_and_well_formed():
     assert all(split_key(0, doc_id) < 0.05 for doc_id, _, _ in pairs)
     assert all(h.startswith(doc_id.split(":", 1)[1]) for doc_id, h, _ in pairs)
     assert "pydocs" in SUITES and "base" in SUITES
+
+
+def test_base_suite_without_any_data_folder_runs_the_docstring_tasks(monkeypatch, capsys):
+    # A user's clone has no shared/data and nobody pointed at benchmark files: the quickstart
+    # still evaluates (what needs no files) and says what it left out.
+    import lmforge.eval.suites as suites
+
+    monkeypatch.delenv("LMFORGE_EVAL_DATA", raising=False)
+    monkeypatch.setattr(suites, "default_data_root",
+                        lambda root=None: Path(root) if root else Path("/no/such/folder"))
+    names = [t.name for t in suites.base_suite(None, 10)]
+    assert names == ["docstrings_mc", "docstrings_bpb"]
+    assert "LMFORGE_EVAL_DATA" in capsys.readouterr().err

@@ -22,7 +22,9 @@ def _num(v: object) -> str:
         return "-"
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
-    if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
+    if abs(v) < 1e-12:  # float noise around zero (e.g. a centered score at chance)
+        return "0.0000"
+    if abs(v) >= 1e4 or abs(v) < 1e-3:
         return f"{v:.3g}"
     return f"{v:.2f}" if abs(v) >= 100 else f"{v:.4f}"
 
