@@ -80,7 +80,8 @@ def eval_stage(ws: Workspace, model_ref: str, suite: str | None = None,
         task_names.update(dict.fromkeys(CHAT_TASKS))
     check_gates_apply(parsed_gates, task_names)  # a gate typo fails before minutes of work
     settings = EvalSettings(batch_size=batch_size, seed=seed, limit=limit, device=device,
-                            max_new_tokens=max_new_tokens)
+                            max_new_tokens=max_new_tokens,
+                            style="chat" if suite == CHAT_SUITE else "plain")
     report = evaluate(model, tok, tasks, settings, progress=show_progress,
                       suite=suite or "custom")
     if suite == CHAT_SUITE:
