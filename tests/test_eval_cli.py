@@ -79,6 +79,8 @@ def test_bad_gates_and_tasks_fail_before_any_work(cli, model_v0, tasks_file, tmp
     one_clean_error(code, err, "unknown suite")
     code, _, err = cli("eval", model)
     one_clean_error(code, err, "nothing to evaluate")
+    code, _, err = cli("eval", model, "--tasks", tasks_file, "--device", "banana")
+    one_clean_error(code, err, "unknown device")
     bad = tmp_path / "bad.toml"
     bad.write_text('[tasks.x]\nkind = "multiple_choice"\npath = "mc.jsonl"\n'
                    'context_field = "q"\nchoices_field = "choices"\ngold_field = "missing"\n')

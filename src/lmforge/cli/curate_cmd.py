@@ -45,8 +45,9 @@ def curate(
         [], "--source", "-s", help="Repeatable. NAME=PATH[,PATH...]: files, folders, globs, "
         "hf:NAME[:SPLIT], dataset ids, or 'pydocs'."),
     recipe: Path = typer.Option(None, "--recipe", "-r",
-                                help="Curation TOML: [sources.*], [filters], [pii], [dedup], "
-                                     "[decontaminate], [balance]."),
+                                help="Curation TOML with tables \\[sources.NAME], "
+                                     "\\[filters], \\[pii], \\[dedup], \\[decontaminate], "
+                                     "\\[balance] (see the README)."),
     preset: str = typer.Option(None, help="Filter preset for --source sources: web, docs or "
                                           "chat (default: web; docs for pydocs)."),
     workers: int = typer.Option(None, "--workers", "-j", help="Worker processes (or tasks)."),

@@ -33,15 +33,16 @@ def eval_cmd(
                                         help="A model to evaluate, or `compare` and two "
                                              "models/reports."),
     suite: str = typer.Option(None, "--suite", help="base, pydocs or chat."),
-    tasks: Path = typer.Option(None, "--tasks", help="A task TOML file (see `lmforge eval "
-                                                     "--help` and docs)."),
+    tasks: Path = typer.Option(None, "--tasks", help="A task TOML file: \\[tasks.NAME] tables "
+                                                     "(format: README, Evaluation)."),
     gate: list[str] = typer.Option([], "--gate", help="Repeatable. 'TASK/METRIC OP NUMBER', "
                                                       "e.g. 'wikitext/bpb <= 2.5'."),
     limit: int = typer.Option(None, help="Items per task (default: 500 for benchmarks)."),
     batch_size: int = typer.Option(32, help="Requests scored per forward pass."),
     seed: int = typer.Option(0, help="Few-shot and sampling seed."),
     data_root: str = typer.Option(None, help="Folder of benchmark files (hellaswag/, arc/ ...)."),
-    device: str = typer.Option("cpu", help="cpu, cuda or mps."),
+    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or "
+                                            "mps."),
     max_new_tokens: int = typer.Option(64, help="Generation length for generation tasks."),
     png: Path = typer.Option(None, help="compare: write a chart of the deltas here."),
     force: bool = typer.Option(False, help="compare: compare reports whose settings differ."),

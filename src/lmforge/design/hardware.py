@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lmforge.errors import LmforgeError
+
 
 def auto_device() -> torch.device:
     """CUDA, then Apple MPS, then CPU."""
@@ -73,3 +75,28 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """A device from its name ("auto", "cpu", "cuda", "cuda:1", "mps"), refused with a clear
+    message where this machine lacks it."""
+    if name in (None, "auto"):
+        return auto_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise LmforgeError(f"unknown device {name!r}",
+                           hint="use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LmforgeError(f"device {name!r} asked for, but this torch has no usable CUDA",
+                           hint="use --device cpu (or auto), or install a CUDA build of torch")
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise LmforgeError(f"device {name!r}: this machine has {torch.cuda.device_count()} "
+                           "CUDA device(s)", hint="pick an index below that")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise LmforgeError("device 'mps' asked for, but MPS is not available here",
+                           hint="use --device cpu (or auto)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise LmforgeError(f"device {name!r} is not supported", hint="use cpu, cuda or mps")
+    return device

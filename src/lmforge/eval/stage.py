@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lmforge.design.hardware import resolve_device
 from lmforge.errors import LmforgeError
 from lmforge.eval.gates import check_gates_apply, evaluate_gates, parse_gates
 from lmforge.eval.render_report import report_markdown
@@ -62,10 +63,11 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
 def eval_stage(ws: Workspace, model_ref: str, suite: str | None = None,
                tasks_file: str | Path | None = None, gates: Sequence[str] = (),
                data_root: str | None = None, limit: int | None = None, batch_size: int = 32,
-               seed: int = 0, device: str = "cpu", max_new_tokens: int = 64,
+               seed: int = 0, device: str | None = "auto", max_new_tokens: int = 64,
                show_progress: bool = True) -> tuple[Artifact, dict[str, Any]]:
     """Evaluate a model (artifact ref or model folder) and register the report."""
     parsed_gates = parse_gates(list(gates), "gates")
+    device = str(resolve_device(device))
     tasks = build_tasks(suite, tasks_file, data_root, limit)
     model, tok, art = load_model(ws, model_ref, device)
     if art is None:

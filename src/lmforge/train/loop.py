@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from lmforge.design.estimate import training_flops_per_token
-from lmforge.design.hardware import auto_device, default_dtype_for, measure_matmul_peak
+from lmforge.design.hardware import default_dtype_for, measure_matmul_peak, resolve_device
 from lmforge.errors import LmforgeError
 from lmforge.model.io import savable_state
 from lmforge.model.transformer import Transformer
@@ -46,10 +46,6 @@ class TrainResult:
 
 class Interrupted(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was written before leaving."""
-
-
-def resolve_device(name: str) -> torch.device:
-    return auto_device() if name == "auto" else torch.device(name)
 
 
 def autocast_dtype(s: TrainSettings, device: torch.device) -> torch.dtype | None:
