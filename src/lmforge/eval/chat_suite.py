@@ -401,22 +401,19 @@ def run_chat_suite(model: Any, tok: Any, settings: Any, limit: int | None = None
     bar = _progress(progress, len(prompts) + len(cases))
     with bar:
         task = bar.add_task("chat", total=len(prompts) + len(cases))
-        start = time.perf_counter()
-        ifeval_items = []
-        for p in prompts:
-            ids, seen, note = fit_chat_prompt(tok, p.prompt, room)
-            output, n_tokens, finish = _generate(model, tok, ids, params_for(p.index))
-            ifeval_items.append(_ifeval_item(p, seen, note, output, n_tokens, finish))
-            bar.advance(task)
-        ifeval_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        edge_items = []
-        for c in cases:
-            ids, seen, note = fit_chat_prompt(tok, c.prompt, room)
-            output, n_tokens, finish = _generate(model, tok, ids, params_for(c.index))
-            edge_items.append(_edge_item(c, seen, note, output, n_tokens, finish))
-            bar.advance(task)
-        edge_seconds = time.perf_counter() - start
+
+        def answer_all(entries: Sequence[Any], make_item: Callable[..., dict]
+                       ) -> tuple[list[dict], float]:
+            start, items = time.perf_counter(), []
+            for e in entries:
+                ids, seen, note = fit_chat_prompt(tok, e.prompt, room)
+                items.append(make_item(e, seen, note,
+                                       *_generate(model, tok, ids, params_for(e.index))))
+                bar.advance(task)
+            return items, time.perf_counter() - start
+
+        ifeval_items, ifeval_seconds = answer_all(prompts, _ifeval_item)
+        edge_items, edge_seconds = answer_all(cases, _edge_item)
     source = f"builtin:chat (seed={seed}, prompts={n_prompts})"
     return {
         "ifeval": _ifeval_entry(ifeval_items, source, ifeval_seconds),
