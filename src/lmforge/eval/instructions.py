@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -83,16 +84,16 @@ def _check_relation(relation: str) -> None:
 
 
 @dataclass(frozen=True)
-class Instruction:
+class Instruction(ABC):
     """Base: subclasses set `kind` and implement `prompt_text` and `_check` (non-empty text)."""
 
     kind = "instruction"
 
-    def prompt_text(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def prompt_text(self) -> str: ...
 
-    def _check(self, text: str) -> CheckResult:
-        raise NotImplementedError
+    @abstractmethod
+    def _check(self, text: str) -> CheckResult: ...
 
     def check(self, response: str) -> CheckResult:
         text = response.strip()

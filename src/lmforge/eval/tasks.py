@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import string
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -145,7 +146,7 @@ def parse_gold(value: Any, choices: list[str], where: str) -> int:
 # ---- tasks -----------------------------------------------------------------------------
 
 @dataclass
-class _TaskBase:
+class _TaskBase(ABC):
     name: str
     path: Path
     limit: int | None = None
@@ -184,8 +185,8 @@ class _TaskBase:
                 items.append(item)
         return items
 
-    def _parse(self, record: Record, index: int) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def _parse(self, record: Record, index: int) -> Any: ...
 
     @property
     def same_file_fewshot(self) -> bool:
