@@ -169,11 +169,11 @@ def _shard_phase(cfg: CurationConfig, run_dir: Path, parts: list[str], setup: Wo
 
 
 def _load_arrays(out_dir: Path, parts: list[str]) -> dict[str, np.ndarray]:
-    arrays: dict[str, list[np.ndarray]] = {"signatures": [], "exact_keys": [], "tokens": [],
-                                           "characters": [], "part": []}
+    keys = ("signatures", "exact_keys", "tokens", "characters", "ids", "sources")
+    arrays: dict[str, list[np.ndarray]] = {k: [] for k in (*keys, "part")}
     for i, p in enumerate(parts):
         with np.load(out_dir / f"{p}.npz") as z:
-            for key in ("signatures", "exact_keys", "tokens", "characters"):
+            for key in keys:
                 arrays[key].append(z[key])
             arrays["part"].append(np.full(len(z["characters"]), i, dtype=np.int32))
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in arrays.items()}
@@ -226,14 +226,7 @@ def run_pipeline(cfg: CurationConfig, run_dir: Path, out_dir: Path, resolve_data
     exact_of, near_of = _duplicate_of(cfg, arrays)
     sizes = _sizes(cfg, arrays)
 
-    # Walk the survivors once in order: dedup stats with examples, and sizes for balancing.
-    docs_ids: list[str] = []
-    sources: list[str] = []
-    for p in parts:
-        for doc in load_documents_jsonl(stage1 / f"{p}.jsonl"):
-            docs_ids.append(doc.id)
-            sources.append(doc.source)
-    source_arr = np.array(sources, dtype=object)
+    docs_ids, source_arr = arrays["ids"], arrays["sources"]
     keep = (exact_of < 0) & (near_of < 0)
     repeats = keep.astype(np.int64)
     mixture_report = None
@@ -259,7 +252,7 @@ def run_pipeline(cfg: CurationConfig, run_dir: Path, out_dir: Path, resolve_data
                 if of[i] >= 0:
                     funnel.removed(step, doc.source, chars, reason,
                                    {"id": doc.id, "excerpt": excerpt(doc.text),
-                                    "duplicate_of": docs_ids[of[i]]})
+                                    "duplicate_of": str(docs_ids[of[i]])})
                     duplicate = True
                     break
                 funnel.passed(step, doc.source, chars, chars)

@@ -127,4 +127,6 @@ def _write_outputs(kept: list[Document], out_prefix: str, cfg: CurationConfig) -
     write_documents_jsonl(kept, f"{out_prefix}.jsonl")
     with atomic_open(Path(f"{out_prefix}.npz")) as f:
         np.savez(f, signatures=signatures, exact_keys=keys, tokens=tokens,
-                 characters=np.array([len(t) for t in texts], dtype=np.int64))
+                 characters=np.array([len(t) for t in texts], dtype=np.int64),
+                 ids=np.array([d.id for d in kept], dtype=str),
+                 sources=np.array([d.source for d in kept], dtype=str))

@@ -16,7 +16,8 @@ from lmforge.errors import LmforgeError
 EMBEDDED = "pydocs"
 
 
-def _is_path(ref: str) -> bool:
+def is_path(ref: str) -> bool:
+    """A file, folder, glob or hf:NAME (read as files), rather than a dataset artifact ref."""
     return ref.startswith("hf:") or Path(ref).exists() or any(c in ref for c in "*?[")
 
 
@@ -28,13 +29,13 @@ def read_source(source: SourceConfig, resolve_dataset: Callable[[str], Iterator[
     errors = ReadErrors()
 
     def documents() -> Iterator[Document]:
-        paths = [p for p in source.paths if _is_path(p)]
+        paths = [p for p in source.paths if is_path(p)]
         for ref in source.paths:
             if ref == EMBEDDED:
                 from lmforge.data.corpora.pydocs import build_pydocs_corpus
 
                 yield from _relabel(build_pydocs_corpus(), source.name)
-            elif not _is_path(ref):
+            elif not is_path(ref):
                 try:
                     yield from _relabel(resolve_dataset(ref), source.name)
                 except Exception as e:  # noqa: BLE001 - reported per source, the run goes on

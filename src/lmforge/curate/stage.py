@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lmforge.curate.config import CurationConfig, parse_config
 from lmforge.curate.pipeline import run_pipeline
 from lmforge.curate.report import report_markdown, save_funnel_png
+from lmforge.curate.sources import EMBEDDED, is_path
 from lmforge.data.documents import Document
 from lmforge.data.parts import dataset_documents
 from lmforge.errors import LmforgeError
@@ -62,19 +63,19 @@ def curate_stage(ws: Workspace, raw: dict[str, Any], where: str = "curation reci
                  show_progress: bool = True, keep_run: bool = False) -> Artifact:
     """Curate the sources `raw` describes (see curate/config.py) into a dataset artifact."""
     cfg = parse_config(raw, where)
+    # Resolve dataset refs once, up front: their ids are parents, a typo fails before any
+    # work, and their files are verified once. (A missing path with a folder in it is left
+    # to the reader, which records it as a problem of its source.)
+    datasets = {p: ws.resolve(p, kind="dataset") for s in cfg.sources for p in s.paths
+                if p != EMBEDDED and not is_path(p) and "/" not in p}
     parents: dict[str, list[str]] = {}
+    if datasets:
+        parents["data"] = list(dict.fromkeys(a.id for a in datasets.values()))
 
     def resolve_dataset(ref: str) -> Iterator[Document]:
-        art = ws.resolve(ref, kind="dataset")
-        parents.setdefault("data", []).append(art.id)
+        art = datasets.get(ref) or ws.resolve(ref, kind="dataset")
         return dataset_documents(art.path)
 
-    # Resolve dataset refs up front: their ids are parents, and a typo fails before any work.
-    for s in cfg.sources:
-        for p in s.paths:
-            if p != "pydocs" and not p.startswith("hf:") and not Path(p).exists() \
-                    and not any(c in p for c in "*?[") and "/" not in p:
-                resolve_dataset(p)
     tokenizer_file = None
     if cfg.balance_tokenizer:
         tok_art = ws.resolve(cfg.balance_tokenizer, kind="tokenizer")
@@ -83,8 +84,7 @@ def curate_stage(ws: Workspace, raw: dict[str, Any], where: str = "curation reci
     run_dir = ws.runs_dir / f"curate-{run_key(cfg)}"
     bars = _Bars(show_progress)
     with ws.staging() as out, bars.progress:
-        result = run_pipeline(cfg, run_dir, out, lambda ref: dataset_documents(
-            ws.resolve(ref, kind="dataset").path), tokenizer_file, bars)
+        result = run_pipeline(cfg, run_dir, out, resolve_dataset, tokenizer_file, bars)
         if result.documents == 0:
             raise LmforgeError(
                 f"curation removed every document ({'; '.join(result.stats['warnings'])})",
