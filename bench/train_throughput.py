@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from lmforge.design.estimate import training_flops_per_token
 from lmforge.design.hardware import cpu_name, measure_matmul_peak
@@ -118,12 +119,38 @@ def contenders_for(d: ModelDesign, batch: int, seq: int, compile_too: bool,
             for name, m, f in models]
 
 
-def shaped_matmul_peak(d: ModelDesign, tokens: int, seconds: float) -> float:
-    """FLOP/s of the model's own matmuls, each timed best-of-N, weighted as one step runs them.
+@dataclass
+class KernelFloor:
+    """The step's compute kernels timed alone: what no implementation built on them beats."""
+    matmul_flops_per_s: float  # the model's own matmul shapes, weighted as one step runs them
+    matmul_s: float  # one step's projection and head matmuls, each at its best time
+    attention_s: float  # one step's causal flash attention, forward + backward, every layer
 
-    For each projection (in, out) and the head: forward x @ W.T, input gradient dY @ W and
-    weight gradient dY.T @ x, in the memory layouts autograd uses.
+    @property
+    def seconds(self) -> float:
+        return self.matmul_s + self.attention_s
+
+
+def best_time(fn: Callable[[], object], budget: float) -> float:
+    fn()  # warm-up
+    best, deadline = float("inf"), time.perf_counter() + budget
+    while time.perf_counter() < deadline or best == float("inf"):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def kernel_floor(d: ModelDesign, batch: int, seq: int, seconds: float) -> KernelFloor:
+    """Time the kernels every implementation of this step must run, each best-of-N.
+
+    Matmuls: for each projection (in, out) and the head, forward x @ W.T, input gradient
+    dY @ W and weight gradient dY.T @ x, in the memory layouts autograd uses. Attention: one
+    layer's causal SDPA forward + backward (torch's CPU flash kernel, the one both libraries
+    call), times the layer count. Elementwise work, the loss and the optimizer are left out,
+    so the floor is below any real step.
     """
+    tokens = batch * seq
     per_layer = [(d.d_model, d.d_model), (d.d_model, d.kv_dim), (d.d_model, d.kv_dim),
                  (d.d_model, d.d_model), (d.d_model, d.ffn_hidden), (d.d_model, d.ffn_hidden),
                  (d.ffn_hidden, d.d_model)]
@@ -131,21 +158,28 @@ def shaped_matmul_peak(d: ModelDesign, tokens: int, seconds: float) -> float:
     for shape in per_layer:
         counts[shape] = counts.get(shape, 0) + d.n_layers
     counts[(d.d_model, d.vocab_size)] = 1
-    budget = seconds / (3 * len(counts))
+    budget = seconds / (3 * len(counts) + 1)
     total_flops = total_time = 0.0
     for (fan_in, fan_out), count in counts.items():
         x, w = torch.randn(tokens, fan_in), torch.randn(fan_out, fan_in)
         dy = torch.randn(tokens, fan_out)
         for a, b in ((x, w.T), (dy, w), (dy.T, x)):
-            torch.mm(a, b)  # warm-up
-            best, deadline = float("inf"), time.perf_counter() + budget
-            while time.perf_counter() < deadline or best == float("inf"):
-                start = time.perf_counter()
-                torch.mm(a, b)
-                best = min(best, time.perf_counter() - start)
             total_flops += count * 2 * tokens * fan_in * fan_out
-            total_time += count * best
-    return total_flops / total_time
+            total_time += count * best_time(lambda a=a, b=b: torch.mm(a, b), budget)
+    head_dim = d.d_model // d.n_heads
+    q = torch.randn(batch, d.n_heads, seq, head_dim, requires_grad=True)
+    k = torch.randn(batch, d.n_kv_heads, seq, head_dim, requires_grad=True)
+    v = torch.randn(batch, d.n_kv_heads, seq, head_dim, requires_grad=True)
+    grad = torch.randn(batch, d.n_heads, seq, head_dim)
+
+    def attention() -> None:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           enable_gqa=d.n_kv_heads != d.n_heads)
+        y.backward(grad)
+        q.grad = k.grad = v.grad = None
+
+    attention_s = d.n_layers * best_time(attention, budget)
+    return KernelFloor(total_flops / total_time, total_time, attention_s)
 
 
 def run_shape(name: str, d: ModelDesign, seq: int, args: argparse.Namespace) -> dict:
@@ -163,7 +197,8 @@ def run_shape(name: str, d: ModelDesign, seq: int, args: argparse.Namespace) -> 
     peak_seconds = 0.3 if args.quick else 1.0
     square = measure_matmul_peak(torch.device("cpu"), torch.float32, size=1024,
                                  seconds=peak_seconds).flops_per_second
-    shaped = shaped_matmul_peak(d, tokens, seconds=3 * peak_seconds)
+    floor = kernel_floor(d, args.batch, seq, seconds=3 * peak_seconds)
+    shaped = floor.matmul_flops_per_s
     peak = max(square, shaped)
     flops = training_flops_per_token(d, seq)
     base = statistics.median(contenders[0].times)
@@ -178,6 +213,8 @@ def run_shape(name: str, d: ModelDesign, seq: int, args: argparse.Namespace) -> 
             "tokens_per_step": tokens, "train_flops_per_token": flops,
             "peak_square_1024_flops": square, "peak_model_shapes_flops": shaped,
             "peak_used": "square_1024" if square >= shaped else "model_shapes",
+            "floor_matmul_s": floor.matmul_s, "floor_attention_s": floor.attention_s,
+            "max_possible_vs_transformers_eager": base / floor.seconds,
             "results": rows}
 
 
@@ -194,6 +231,9 @@ def print_table(report: dict) -> None:
         print(f"  matmul peak: square 1024 {s['peak_square_1024_flops'] / 1e9:.0f} GFLOP/s, "
               f"model shapes {s['peak_model_shapes_flops'] / 1e9:.0f} GFLOP/s "
               f"(MFU uses the higher)")
+        print(f"  kernel floor: matmuls {s['floor_matmul_s'] * 1e3:.0f} ms + attention "
+              f"{s['floor_attention_s'] * 1e3:.0f} ms a step; no step built on these kernels "
+              f"beats {s['max_possible_vs_transformers_eager']:.2f}x HF eager")
         print(f"  {'model':24s} {'tokens/s':>9s} {'step ms':>8s} {'min ms':>7s} "
               f"{'vs HF eager':>11s} {'MFU':>6s}")
         for r in s["results"]:
