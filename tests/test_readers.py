@@ -55,6 +55,22 @@ def test_text_split_modes(tmp_path, split, texts, lines):
     assert {d.source for d in docs} == {"s"}
 
 
+def test_line_split_keeps_paragraphs_and_cuts_at_single_newlines(tmp_path):
+    # TinyStories' train text: stories joined by one newline, paragraphs by a blank line.
+    text = ("Lily found a needle.\n\nShe gave it to Mom.\nBeep was a car.\n\n\n"
+            "Beep went fast.\n\nThe end.\nA one-line story.\n\n")
+    (tmp_path / "s.txt").write_text(text, encoding="utf-8")
+    docs = list(read_documents(tmp_path / "s.txt", split="line"))
+    assert [d.text for d in docs] == ["Lily found a needle.\n\nShe gave it to Mom.",
+                                      "Beep was a car.\n\n\nBeep went fast.\n\nThe end.",
+                                      "A one-line story."]
+    assert [d.meta["line"] for d in docs] == [1, 4, 10]
+    # Without blank lines, every line is a document.
+    (tmp_path / "l.txt").write_text("one\ntwo\nthree\n", encoding="utf-8")
+    assert [d.text for d in read_documents(tmp_path / "l.txt", split="line")] == \
+        ["one", "two", "three"]
+
+
 def test_unknown_split_is_refused(tmp_path):
     (tmp_path / "s.txt").write_text("x", encoding="utf-8")
     with pytest.raises(LmforgeError, match="unknown split 'para'"):

@@ -5,7 +5,7 @@ PII scrubbing, deduplication, decontamination and balancing. Read from TOML (a f
     workers = 2
     [sources.web]                     # one table per named source
     paths = ["crawl/*.jsonl.gz"]      # files, folders, globs, hf:NAME[:SPLIT], dataset ids, pydocs
-    preset = "web"                    # web | docs | chat (see `lmforge curate --presets`)
+    preset = "web"                    # web | docs | prose | chat (see `lmforge curate --presets`)
     [sources.web.filters]             # this source's overrides of its preset
     c4 = false
     [filters]                         # overrides for every source
@@ -30,13 +30,14 @@ from lmforge.curate.decontam import BUILTIN_EVAL_SETS, EvalSetSpec
 from lmforge.curate.dedup import MinHashSettings, check_minhash_settings
 from lmforge.curate.filters import PRESETS, build_filters
 from lmforge.curate.pii import PII_KINDS
+from lmforge.data.readers import SPLITS
 from lmforge.errors import LmforgeError
 
 _TOP_KEYS = ("sources", "filters", "pii", "dedup", "decontaminate", "balance", "workers",
              "executor",
              "shard_documents", "output_format", "fix_encoding", "examples")
 _SOURCE_KEYS = ("paths", "preset", "filters", "text_field", "split")
-_SPLITS = ("auto", "file", "blank_line", "eot")
+_SPLITS = SPLITS
 
 
 @dataclass

@@ -210,7 +210,8 @@ def read_documents(paths: Sequence[str | Path] | str | Path, text_field: str = "
     """Yield documents from files, folders (recursive, sorted), globs and datasets, in order.
 
     .txt/.md (also .gz, .zst): documents by `split`: "file" (the whole file), "blank_line"
-    (blocks separated by blank lines), "eot" (the pieces between `<|endoftext|>` markers), or
+    (blocks separated by blank lines), "line" (documents joined by a single newline,
+    paragraphs inside them by a blank line), "eot" (the pieces between `<|endoftext|>` markers), or
     "auto" (eot; a file without markers is one document). Meta: {"path", "line"}.
     .jsonl (also .gz, .zst): one document per line, text from `text_field`; other fields go to
     meta. .parquet: one document per row, text from the `text_field` column, other scalar

@@ -25,7 +25,7 @@ from lmforge.errors import LmforgeError
 
 # TinyStories and GPT-2 style dumps concatenate many documents with this marker.
 EOT_MARKER = "<|endoftext|>"
-SPLITS = ("auto", "file", "blank_line", "eot")
+SPLITS = ("auto", "file", "blank_line", "line", "eot")
 _BLOCK = 1 << 20
 _ZSTD_BLOCK = 1 << 16  # compressed input per step: a highly compressible block inflates a lot
 # git's binary test (xdiff-interface.c, buffer_is_binary) looks for a NUL in the first 8000 bytes.
@@ -218,18 +218,27 @@ def text_pieces(lines: Iterable[tuple[int, str | None]], split: str
                 ) -> Iterator[tuple[int, str | None]]:
     """(first line, text) per document of a text file; text None when a line was unreadable.
 
-    file: the whole file. blank_line: blocks separated by blank lines. eot and auto: the pieces
-    between `<|endoftext|>` markers (the whole file when it has none).
+    file: the whole file. blank_line: blocks separated by blank lines. line: a document ends
+    where a line of text is followed directly by another (a single line break); blank lines
+    keep paragraphs together, the layout of files that join documents with one newline and
+    paragraphs with a blank line (TinyStories' train text). eot and auto: the pieces between
+    `<|endoftext|>` markers (the whole file when it has none).
     """
     buf: list[str] = []
-    start, bad = 1, False
+    start, bad, after_text = 1, False, False
 
     def flush() -> tuple[int, str | None]:
+        while buf and not buf[-1].strip():  # blank lines between paragraphs, not after
+            buf.pop()
         return start, None if bad else "\n".join(buf)
 
     for lineno, line in lines:
+        if split == "line" and after_text and (line is None or line.strip()):
+            yield flush()  # text right after text: a new document
+            buf, bad = [], False
         if not buf and not bad:
             start = lineno  # a document starts at its first line with text (or a bad line)
+        after_text = line is None or bool(line.strip())
         if line is None:
             bad = True
             continue
