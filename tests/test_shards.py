@@ -196,6 +196,23 @@ def test_user_errors(tok_file, tmp_path):
         TokenShards(tmp_path / "ok", "train")
 
 
+def test_a_separate_validation_set_is_all_of_validation(tok_file, tmp_path):
+    tok = Tokenizer.load(tok_file)
+    train_docs, val_docs = make_docs(30, seed=2), make_docs(4, seed=3)
+    index = tokenize(train_docs, tok_file, tmp_path / "a", val_fraction=0, val_docs=val_docs)
+    assert split_texts(tmp_path / "a", "train", tok) == [d.text for d in train_docs]
+    assert split_texts(tmp_path / "a", "val", tok) == [d.text for d in val_docs]
+    assert index["val_set"] is True and index["splits"]["val"]["documents"] == 4
+    # Validation from two places at once, or an empty side, is refused before any shard.
+    with pytest.raises(LmforgeError, match="validation would come from both"):
+        tokenize(train_docs, tok_file, tmp_path / "b", val_fraction=0.1, val_docs=val_docs)
+    with pytest.raises(LmforgeError, match="validation set holds no documents"):
+        tokenize(train_docs, tok_file, tmp_path / "c", val_fraction=0, val_docs=[])
+    with pytest.raises(LmforgeError, match="training data holds no documents"):
+        tokenize([], tok_file, tmp_path / "d", val_fraction=0, val_docs=val_docs)
+    assert not list((tmp_path / "d").glob("*.bin"))
+
+
 def test_retokenizing_into_a_folder_removes_stale_shards(tok_file, tmp_path):
     tokenize(make_docs(60), tok_file, tmp_path, shard_tokens=50)
     index = tokenize(make_docs(3), tok_file, tmp_path, shard_tokens=50)
@@ -235,6 +252,17 @@ def test_tokenize_stage_records_lineage(tok_file, tmp_path):
     assert from_file.settings["inputs"] == [str(path)]
     with pytest.raises(LmforgeError):
         tokenize_stage(ws, dataset.id, dataset.id, show_progress=False)  # not a tokenizer
+    # A separate validation dataset: a second parent, and val_fraction defaults to 0.
+    with ws.staging() as d:
+        write_documents_jsonl(make_docs(5, seed=9), d / DOCUMENTS_FILE)
+        held_out = ws.register(d, kind="dataset", stage="corpus")
+    split = tokenize_stage(ws, dataset.id, tokenizer.id, workers=1, show_progress=False,
+                           val_data=held_out.id)
+    assert split.parents == {"data": dataset.id, "val_data": held_out.id,
+                             "tokenizer": tokenizer.id}
+    assert split.settings == {"val_fraction": 0.0, "seed": 0}
+    assert split.metrics["train_documents"] == len(docs)
+    assert split.metrics["val_documents"] == 5
 
 
 def test_tinystories(shared_data, tmp_path):

@@ -39,11 +39,18 @@ def tokenize(
     data: str = typer.Option(..., "--data", "-d",
                              help="A dataset artifact id, files/globs, or 'pydocs'."),
     tokenizer: str = typer.Option(..., "--tokenizer", "-t", help="A tokenizer artifact id."),
-    val_fraction: float = typer.Option(0.05, help="Share of documents held out for validation."),
+    val_fraction: float = typer.Option(
+        None, help="Share of documents held out for validation [default: 0.05; 0 with "
+                   "--val-data]."),
+    val_data: str = typer.Option(
+        None, "--val-data",
+        help="A separate validation set (dataset id or files), e.g. a corpus's own "
+             "validation split; then every document of --data is trained on."),
     seed: int = typer.Option(0, help="Seed of the document-level split."),
     workers: int = typer.Option(0, help="Processes (0 = one per core)."),
 ) -> None:
-    art = tokenize_stage(workspace(), data, tokenizer, val_fraction, seed, workers)
+    art = tokenize_stage(workspace(), data, tokenizer, val_fraction, seed, workers,
+                         val_data=val_data)
     m = art.metrics
     console.print(f"tokens [bold]{art.id}[/]: {m['train_tokens']:,} train, {m['val_tokens']:,} "
                   "validation tokens")

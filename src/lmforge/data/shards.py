@@ -307,12 +307,20 @@ def _file_of(tokenizer_path: Path) -> Path:
 def tokenize_to_shards(docs: Iterable[Document], tokenizer_path: str | Path,
                        out_dir: str | Path, val_fraction: float = 0.05, seed: int = 0,
                        shard_tokens: int = 50_000_000, workers: int = 0,
-                       show_progress: bool = True) -> dict[str, Any]:
+                       show_progress: bool = True,
+                       val_docs: Iterable[Document] | None = None) -> dict[str, Any]:
     """Tokenize documents into train/val shards in `out_dir`; return the index it writes.
 
+    Validation is either `val_fraction` of `docs` (by document, see `split_key`), or, given
+    `val_docs` (a corpus's own validation split), exactly those documents, with every one
+    of `docs` trained on; `val_fraction` must then be 0.
     The output bytes depend only on the documents, the tokenizer, `val_fraction`, `seed`
     and `shard_tokens`, never on `workers` (0 means one per CPU).
     """
+    if val_docs is not None and val_fraction:
+        raise LmforgeError(f"a separate validation set was given and val_fraction is "
+                           f"{val_fraction}: validation would come from both",
+                           hint="set val_fraction to 0 with a validation set, or drop the set")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
             or not 0 <= val_fraction < 1:
         raise LmforgeError(f"val_fraction must be in [0, 1), not {val_fraction!r}",
@@ -336,15 +344,23 @@ def tokenize_to_shards(docs: Iterable[Document], tokenizer_path: str | Path,
     val = _SplitWriter(out_dir, "val", dtype, shard_tokens, keep_lowest=False)
     try:
         with _progress(show_progress) as update:
-            for meta, ids, lengths in _encode_in_order(docs, seed, tokenizer_file, dtype,
-                                                       workers):
-                ends = np.cumsum(lengths).tolist()
-                for (key, n_bytes), start, end in zip(meta, [0, *ends[:-1]], ends):
-                    (val if key < val_fraction else train).add(ids[start:end], n_bytes, key)
-                update(len(meta), len(ids))
+            passes = [(docs, lambda key: val if key < val_fraction else train)]
+            if val_docs is not None:
+                passes.append((val_docs, lambda key: val))
+            for pass_docs, split_of in passes:
+                for meta, ids, lengths in _encode_in_order(pass_docs, seed, tokenizer_file,
+                                                           dtype, workers):
+                    ends = np.cumsum(lengths).tolist()
+                    for (key, n_bytes), start, end in zip(meta, [0, *ends[:-1]], ends):
+                        split_of(key).add(ids[start:end], n_bytes, key)
+                    update(len(meta), len(ids))
         if train.documents + val.documents == 0:
             raise LmforgeError("no documents to tokenize",
                                hint="check that the dataset or input files hold documents")
+        if val_docs is not None and (train.documents == 0 or val.documents == 0):
+            empty = "training data" if train.documents == 0 else "validation set"
+            raise LmforgeError(f"the {empty} holds no documents",
+                               hint="check that its dataset or input files hold documents")
         if train.documents == 0:  # training needs data more than validation does
             train.add(*val.take_candidate())
         elif val.documents == 0 and train.documents >= 2 and val_fraction > 0:
@@ -364,7 +380,8 @@ def tokenize_to_shards(docs: Iterable[Document], tokenizer_path: str | Path,
     index = {
         "format": FORMAT, "version": 1, "dtype": dtype.name, "vocab_size": tok.vocab_size,
         "bos_id": tok.bos_id, "tokenizer_sha256": sha256_file(tokenizer_file),
-        "val_fraction": val_fraction, "seed": seed, "shard_tokens": shard_tokens,
+        "val_fraction": val_fraction, "val_set": val_docs is not None, "seed": seed,
+        "shard_tokens": shard_tokens,
         "max_token_id": max(s["max_token_id"] for s in splits.values()),
         "val_bytes": splits["val"]["bytes"], "splits": splits,
     }

@@ -33,17 +33,18 @@ def register_pydocs(ws: Workspace) -> Artifact:
 
 
 def register_files(ws: Workspace, paths: Sequence[str], text_field: str = "text",
-                   name: str = "files") -> Artifact:
-    """Documents read from text/JSONL files, folders or globs, as a dataset artifact.
+                   name: str = "files", split: str = "auto") -> Artifact:
+    """Documents read from text/JSONL files, folders or globs, as a dataset artifact
+    (`split`: how text files divide into documents, see `read_documents`).
 
     The id follows the documents, not where they lie: the same files moved elsewhere give the
     same artifact; the paths read are kept in the metrics for the record.
     """
-    docs = list(read_documents(list(paths), text_field=text_field))
+    docs = list(read_documents(list(paths), text_field=text_field, split=split))
     with ws.staging() as d:
         write_documents_jsonl(docs, d / DOCUMENTS_FILE)
         return ws.register(d, kind="dataset", stage="files", parents=None,
-                           settings={"text_field": text_field},
+                           settings={"text_field": text_field, "split": split},
                            metrics={**corpus_stats(docs), "paths": [str(p) for p in paths]},
                            name=name)
 
@@ -135,15 +136,27 @@ def clean_stage(ws: Workspace, dataset_ref: str, min_chars: int = 64,
 
 
 def tokenize_stage(ws: Workspace, dataset_ref: str, tokenizer_ref: str,
-                   val_fraction: float = 0.05, seed: int = 0, workers: int = 0,
-                   show_progress: bool = True) -> Artifact:
-    """Tokenize a dataset into train/val token shards (kind "tokens") with `index.json`."""
+                   val_fraction: float | None = None, seed: int = 0, workers: int = 0,
+                   show_progress: bool = True, val_data: str | None = None) -> Artifact:
+    """Tokenize a dataset into train/val token shards (kind "tokens") with `index.json`.
+
+    Validation is `val_fraction` of the documents (default 0.05), or all of `val_data`, a
+    second dataset (a corpus's own validation split), with every document of the first
+    trained on (`val_fraction` then defaults to 0).
+    """
     tokenizer = ws.resolve(tokenizer_ref, kind="tokenizer")
     docs, parents, settings = _single_input(ws, dataset_ref)
+    val_docs = None
+    if val_fraction is None:
+        val_fraction = 0.0 if val_data is not None else 0.05
+    if val_data is not None:
+        val_docs, val_parents, val_settings = _single_input(ws, val_data)
+        parents = {**parents, **{f"val_{k}": v for k, v in val_parents.items()}}
+        settings = {**settings, **{f"val_{k}": v for k, v in val_settings.items()}}
     with ws.staging() as d:
         index = tokenize_to_shards(docs, tokenizer.file("tokenizer.json"), d,
                                    val_fraction=val_fraction, seed=seed, workers=workers,
-                                   show_progress=show_progress)
+                                   show_progress=show_progress, val_docs=val_docs)
         train, val = index["splits"]["train"], index["splits"]["val"]
         # `workers` is left out of the settings: it does not change a byte of the output.
         return ws.register(d, kind="tokens", stage="tokenize",

@@ -70,10 +70,11 @@ def corpus(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
 
 
 def files(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
-    _take(p, step, required=("paths",), optional=("text_field", "name"))
+    _take(p, step, required=("paths",), optional=("text_field", "name", "split"))
     paths = [str(ctx.base_dir / x) for x in
              (p["paths"] if isinstance(p["paths"], list) else [p["paths"]])]
-    art = register_files(ctx.ws, paths, p.get("text_field", "text"), p.get("name", step))
+    art = register_files(ctx.ws, paths, p.get("text_field", "text"), p.get("name", step),
+                         split=p.get("split", "auto"))
     return StepOutput(art.id, f"{art.metrics['documents']:,} documents, "
                               f"{art.metrics['characters']:,} characters")
 
@@ -129,9 +130,10 @@ def init(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
 
 
 def tokenize(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
-    _take(p, step, required=("data", "tokenizer"), optional=("val_fraction", "seed"))
-    art = tokenize_stage(ctx.ws, p["data"], p["tokenizer"], p.get("val_fraction", 0.05),
-                         p.get("seed", 0), show_progress=ctx.show_progress)
+    _take(p, step, required=("data", "tokenizer"), optional=("val_fraction", "seed", "val_data"))
+    art = tokenize_stage(ctx.ws, p["data"], p["tokenizer"], p.get("val_fraction"),
+                         p.get("seed", 0), show_progress=ctx.show_progress,
+                         val_data=p.get("val_data"))
     m = art.metrics
     return StepOutput(art.id, f"{m['train_tokens']:,} train / {m['val_tokens']:,} val tokens")
 
