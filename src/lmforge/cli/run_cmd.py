@@ -23,7 +23,8 @@ def run(
                                  help="A recipe TOML file, or a built-in recipe name."),
     overrides: list[str] = typer.Option(
         [], "--set", "-s", help="Override a setting: STEP.KEY=VALUE (repeatable), e.g. "
-                                "--set pretrain.tokens=500000"),
+                                "--set pretrain.tokens=500000; a key inside a table: "
+                                "--set 'train.sources.stories.paths=[\"my/*.txt\"]'"),
     force: bool = typer.Option(False, help="Run every step even if unchanged."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:

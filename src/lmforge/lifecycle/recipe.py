@@ -8,7 +8,8 @@
     data = "@corpus"          # "@step" is the artifact that step produced
     vocab_size = 4096
 
-A step's other keys are its stage's settings. `--set step.key=value` overrides any of them.
+A step's other keys are its stage's settings. `--set step.key=value` overrides any of them
+(`--set step.table.key=value` one inside a table, e.g. a curation source's paths).
 """
 
 from __future__ import annotations
@@ -66,6 +67,20 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _set_nested(table: dict, step: str, dotted: str, value: Any) -> None:
+    """Set `a.b.c` inside a step's table (`sources.web.paths`), making missing tables."""
+    *outer, last = dotted.split(".")
+    if not last or not all(outer):
+        raise LmforgeError(f"--set {step}.{dotted}: empty key", hint="STEP.KEY[.SUBKEY]=VALUE")
+    for depth, key in enumerate(outer):
+        table = table.setdefault(key, {})
+        if not isinstance(table, dict):
+            where = ".".join([step, *outer[:depth + 1]])
+            raise LmforgeError(f"--set {step}.{dotted}: {where} is a value, not a table",
+                               hint=f"set {where} itself")
+    table[last] = value
+
+
 def load_recipe(ref: str, overrides: list[str] | None = None, known_stages=()) -> Recipe:
     path = find_recipe(ref)
     try:
@@ -81,7 +96,7 @@ def load_recipe(ref: str, overrides: list[str] | None = None, known_stages=()) -
         if not sep or not dot or step_name not in steps_table:
             raise LmforgeError(f"--set {item!r}: expected STEP.KEY=VALUE with STEP one of "
                                f"{', '.join(steps_table)}")
-        steps_table[step_name][setting.strip()] = parse_value(value.strip())
+        _set_nested(steps_table[step_name], step_name, setting.strip(), parse_value(value.strip()))
     steps: list[Step] = []
     for name, table in steps_table.items():
         if not isinstance(table, dict):
