@@ -51,6 +51,16 @@ def test_normalize_repairs_encoding_and_keeps_style():
     assert normalize_text("AT&amp;T ﬁne ＡＢ") == "AT&amp;T ﬁne ＡＢ"  # no HTML/width rewrites
 
 
+def test_normalize_restores_right_quotes_that_lost_a_byte():
+    # TinyStories V1's shape: "”" read as Windows-1252 lost its unassigned third byte.
+    broken = "â€œBe careful!â€ Annie jumped.\nâ€œHi!â€\nShe said â€œbyeâ€."
+    assert normalize_text(broken) == "“Be careful!” Annie jumped.\n“Hi!”\nShe said “bye”."
+    # Without broken opening quotes there is no evidence, and real text is left alone.
+    assert normalize_text("Tom said hiâ€\nok") == "Tom said hiâ€\nok"
+    assert normalize_text("â€œHiâ€\nok") == "“Hi”\nok"
+    assert normalize_text("It costs 5€ — “fine” † noted") == "It costs 5€ — “fine” † noted"
+
+
 # --- the word splitter ------------------------------------------------------------------------
 
 def test_split_words_follows_spacy_shapes():
@@ -220,10 +230,22 @@ def _run(filters, text):
 
 
 def test_presets_and_overrides():
-    assert set(PRESETS) == {"web", "docs", "chat"}
+    assert set(PRESETS) == {"web", "docs", "prose", "chat"}
     web = build_filters("web")
     assert [f.name for f in web] == list(PRESETS["web"])
     assert _run(web, CLEAN) is None  # a clean English paragraph passes every web filter
+    # A story told in dialogue: Gopher's alphabetic-word rule counts its punctuation as
+    # words, so `web` drops it; `prose` keeps it, and still drops degenerate repetition.
+    dialogue = ('"Mom," said Lily, "look! A bird!" "Yes," Mom said, "it is red." '
+                '"Can we feed it?" "Yes, we can." "Yay!" Lily smiled. "Thank you, Mom!" '
+                '"You are welcome," said Mom. "Now, let us go home." "Okay!"\n\n'
+                '"Dad, Dad!" Lily ran in. "We fed a bird!" "Wow," Dad said, "was it big?" '
+                '"No, small, and red!" "Did it sing?" "Yes! It sang, and then it flew." '
+                '"Where to?" "Up, up, to the tree!" Dad laughed. "What a day!"')
+    assert _run(web, dialogue) == "gopher_quality:alpha_words"
+    assert _run(build_filters("prose"), dialogue) is None
+    assert _run(build_filters("prose"), " ".join(["the cat sat on the mat"] * 30)) \
+        .startswith("gopher_repetition:")
     short_chat = "Sure, I can help with that."
     assert _run(web, short_chat) == "length:too_short"
     assert _run(build_filters("chat"), short_chat) is None
@@ -263,7 +285,7 @@ def test_config_errors_name_the_problem(overrides, needles):
 
 
 def test_unknown_preset():
-    with pytest.raises(LmforgeError, match="valid presets: web, docs, chat"):
+    with pytest.raises(LmforgeError, match="valid presets: web, docs, prose, chat"):
         build_filters("news")
 
 

@@ -15,6 +15,7 @@ compatibility rewrites that alter CJK and typeset text), and HTML entities stay
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -53,6 +54,21 @@ def _ftfy() -> tuple[Any, Any]:
     return ftfy.fix_text, ftfy.TextFixerConfig(**_FTFY_SETTINGS)
 
 
+# "”" is E2 80 9D in UTF-8; read as Windows-1252, 0x9D is unassigned and is often dropped,
+# leaving a bare "â€" that no decoder can repair (TinyStories V1 holds thousands). Where "â€"
+# is not followed by any character a continuation byte 0x80-0xBF decodes to, a byte was lost;
+# in a document whose opening quotes broke the same way ("â€œ" for "“") it was "”".
+_CONTINUATIONS = "".join(sorted({bytes([b]).decode("cp1252", errors="ignore") or chr(b)
+                                 for b in range(0x80, 0xC0)}))
+_BARE_MOJIBAKE_QUOTE = re.compile("\u00e2\u20ac(?![" + re.escape(_CONTINUATIONS) + "])")
+
+
+def _restore_lost_right_quotes(text: str) -> str:
+    if "\u00e2\u20ac\u0153" not in text:  # no "â€œ": no evidence of broken quotes
+        return text
+    return _BARE_MOJIBAKE_QUOTE.sub("\u201d", text)
+
+
 # C0 and C1 control characters except tab and newline ("\r" is turned into "\n" first).
 _CONTROL_CHARS = {c: None for c in (*range(0, 32), *range(127, 160)) if c not in (9, 10)}
 
@@ -66,6 +82,6 @@ def normalize_text(text: str, fix_encoding: bool = True) -> str:
     # Pure ASCII cannot hold mojibake, and ftfy is the slowest step: skip it there.
     if fix_encoding and not text.isascii():
         fix_text, config = _ftfy()
-        text = fix_text(text, config)
+        text = fix_text(_restore_lost_right_quotes(text), config)
     text = text.translate(_CONTROL_CHARS)
     return _basic_normalize(text)
