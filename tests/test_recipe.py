@@ -140,3 +140,43 @@ def test_builtin_quickstart_recipe_loads():
     recipe = load_recipe("quickstart", [], tuple(STAGES))
     assert [s.stage for s in recipe.steps][:3] == ["corpus", "curate", "tokenizer"]
     assert recipe.steps[-1].stage == "compare"
+
+
+def test_a_separate_validation_step_feeds_tokenize(tmp_path, recipe_dir):
+    # Training stories joined by single newlines (split = "line"); validation from its own files.
+    story = "the cat sat on a mat.\n\nthe dog ran to the park.\n"
+    (recipe_dir / "stories.txt").write_text(story * 12)
+    (recipe_dir / "held_out.txt").write_text("birds sang while the dog ran to the park.\n" * 20)
+    text = RECIPE.replace('paths = ["docs"]', 'paths = ["stories.txt"]\nsplit = "line"')
+    text = text.replace('[steps.clean]', '[steps.valid]\nstage = "files"\n'
+                        'paths = ["held_out.txt"]\nsplit = "file"\n\n[steps.clean]')
+    text = text.replace('val_fraction = 0.2', 'val_data = "@valid"')
+    (recipe_dir / "mini_recipe.toml").write_text(text)
+    ws = Workspace.open(tmp_path / "ws")
+    out = run(ws, recipe_dir)
+    data, valid, tokens = (ws.resolve(out[s].artifact) for s in ("data", "valid", "tokenize"))
+    assert data.metrics["documents"] == 12 and valid.metrics["documents"] == 1
+    assert tokens.parents["val_data"] == valid.id
+    assert tokens.metrics["val_documents"] == 1
+    assert tokens.metrics["train_documents"] == 1  # clean dropped the 11 exact duplicates
+
+
+def test_builtin_tinystories_recipe_loads():
+    path = Path(__file__).parents[1] / "recipes" / "tinystories.toml"
+    recipe = load_recipe(str(path), [], tuple(STAGES))
+    steps = {s.name: s for s in recipe.steps}
+    assert steps["tokenize"].params["val_data"] == "@valid"
+    assert steps["train"].params["sources"]["stories"]["split"] == "line"
+
+
+def test_set_reaches_inside_tables(recipe_dir):
+    path = Path(__file__).parents[1] / "recipes" / "tinystories.toml"
+    recipe = load_recipe(str(path), ['train.sources.stories.paths=["mine/*.txt"]',
+                                     "train.sources.stories.split=auto",
+                                     "train.dedup.near=false"], tuple(STAGES))
+    train = {s.name: s for s in recipe.steps}["train"].params
+    assert train["sources"]["stories"] == {"paths": ["mine/*.txt"], "split": "auto",
+                                           "preset": "prose"}
+    assert train["dedup"] == {"near": False}
+    with pytest.raises(LmforgeError, match="train.sources.stories.split is a value"):
+        load_recipe(str(path), ["train.sources.stories.split.x=1"], tuple(STAGES))
