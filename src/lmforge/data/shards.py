@@ -317,14 +317,14 @@ def tokenize_to_shards(docs: Iterable[Document], tokenizer_path: str | Path,
     The output bytes depend only on the documents, the tokenizer, `val_fraction`, `seed`
     and `shard_tokens`, never on `workers` (0 means one per CPU).
     """
-    if val_docs is not None and val_fraction:
-        raise LmforgeError(f"a separate validation set was given and val_fraction is "
-                           f"{val_fraction}: validation would come from both",
-                           hint="set val_fraction to 0 with a validation set, or drop the set")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
             or not 0 <= val_fraction < 1:
         raise LmforgeError(f"val_fraction must be in [0, 1), not {val_fraction!r}",
                            hint="0.05 keeps one document in twenty for validation")
+    if val_docs is not None and val_fraction:
+        raise LmforgeError(f"a separate validation set was given and val_fraction is "
+                           f"{val_fraction}: validation would come from both",
+                           hint="set val_fraction to 0 with a validation set, or drop the set")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise LmforgeError(f"seed must be an integer, not {seed!r}")
     if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1:
