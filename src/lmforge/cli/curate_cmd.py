@@ -8,6 +8,8 @@ from typing import Any
 import typer
 
 from lmforge.cli.app import app, console, workspace
+from lmforge.curate.filters import PRESETS
+from lmforge.data.readers import SPLITS
 from lmforge.errors import LmforgeError
 
 _HELP = """Stage 2: curate data. Normalize, filter for quality, scrub PII, remove exact and \
@@ -48,13 +50,14 @@ def curate(
                                 help="Curation TOML with tables \\[sources.NAME], "
                                      "\\[filters], \\[pii], \\[dedup], \\[decontaminate], "
                                      "\\[balance] (see the README)."),
-    preset: str = typer.Option(None, help="Filter preset for --source sources: web, docs, prose or "
-                                          "chat (default: web; docs for pydocs)."),
+    preset: str = typer.Option(None, help="Filter preset for --source sources: "
+                                          f"{', '.join(PRESETS)} (default: web; docs for "
+                                          "pydocs)."),
     workers: int = typer.Option(None, "--workers", "-j", help="Worker processes (or tasks)."),
     executor: str = typer.Option(None, help="processes (default) or datatrove: runs the "
                                            "per-shard work as datatrove tasks."),
     text_field: str = typer.Option("text", help="JSONL/Parquet field holding the text."),
-    split: str = typer.Option("auto", help="Text files: auto, file, blank_line, line or eot."),
+    split: str = typer.Option("auto", help=f"Text files: {', '.join(SPLITS)}."),
     decontaminate: list[str] = typer.Option(
         [], "--decontaminate", help="Repeatable. A built-in eval set to remove 13-gram "
         "overlaps with (hellaswag, arc_easy, ...)."),

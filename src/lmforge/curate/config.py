@@ -37,7 +37,6 @@ _TOP_KEYS = ("sources", "filters", "pii", "dedup", "decontaminate", "balance", "
              "executor",
              "shard_documents", "output_format", "fix_encoding", "examples")
 _SOURCE_KEYS = ("paths", "preset", "filters", "text_field", "split")
-_SPLITS = SPLITS
 
 
 @dataclass
@@ -133,8 +132,8 @@ def _source(name: str, raw: Any, where: str) -> SourceConfig:
         raise LmforgeError(f"{here}: unknown preset {preset!r}",
                            hint=f"use one of: {', '.join(PRESETS)}")
     split = raw.get("split", "auto")
-    if split not in _SPLITS:
-        raise LmforgeError(f"{here}: split must be one of {', '.join(_SPLITS)}, not {split!r}")
+    if split not in SPLITS:
+        raise LmforgeError(f"{here}: split must be one of {', '.join(SPLITS)}, not {split!r}")
     return SourceConfig(name, _strings(raw["paths"], "paths", here), preset,
                         dict(_table(raw.get("filters", {}), f"{here} filters")),
                         str(raw.get("text_field", "text")), split)
