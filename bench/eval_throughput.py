@@ -36,13 +36,13 @@ from pathlib import Path
 
 import torch
 
-from lmforge.design.hardware import cpu_name
 from lmforge.design.spec import ModelDesign, from_preset
 from lmforge.eval.runner import EvalSettings, evaluate
 from lmforge.eval.suites import default_data_root, parse_hellaswag
 from lmforge.eval.tasks import MultipleChoiceTask
 from lmforge.model.init import initialize
 from lmforge.model.transformer import Transformer
+from lmforge.runtime import cpu_name
 from lmforge.tokenizer import Tokenizer, train_tokenizer
 
 # The two shapes of bench/train_throughput.py: the tiny preset, and the small preset

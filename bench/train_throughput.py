@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.design.estimate import training_flops_per_token
-from lmforge.design.hardware import cpu_name, measure_matmul_peak
 from lmforge.design.spec import ModelDesign, from_preset
 from lmforge.model.hf_config import design_to_hf_config
 from lmforge.model.init import initialize
 from lmforge.model.transformer import Transformer
+from lmforge.runtime import cpu_name, measure_matmul_peak
 
 # Two shapes: the tiny preset, and the small preset (d_model 512, 8 layers, 8/4 heads,
 # vocab 8192) trained at sequence length 256.

@@ -118,7 +118,7 @@ def test_seeded_sampling_repeats(model, tok):
 
 
 def test_stop_token_ends_the_answer_and_is_not_in_the_output(model, tok, monkeypatch):
-    import lmforge.serve.generate as gen
+    import lmforge.engine.generate as gen
 
     hello = tok.encode("hello")
     monkeypatch.setattr(gen, "generate_tokens",

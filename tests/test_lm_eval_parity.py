@@ -23,6 +23,8 @@ pytest.importorskip("lm_eval")
 pytest.importorskip("transformers")
 
 from lmforge.design.spec import ModelDesign  # noqa: E402
+from lmforge.engine.generate import generate_tokens  # noqa: E402
+from lmforge.engine.sampling import SamplingParams  # noqa: E402
 from lmforge.errors import LmforgeError  # noqa: E402
 from lmforge.eval.lm_eval_tasks import (  # noqa: E402
     lm_eval_task_name,
@@ -40,8 +42,6 @@ from lmforge.model.init import initialize  # noqa: E402
 from lmforge.model.io import save_model_dir  # noqa: E402
 from lmforge.model.transformer import Transformer  # noqa: E402
 from lmforge.registry import Workspace  # noqa: E402
-from lmforge.serve.generate import generate_tokens  # noqa: E402
-from lmforge.serve.sampling import SamplingParams  # noqa: E402
 from lmforge.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 DESIGN = ModelDesign(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=1024,

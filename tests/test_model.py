@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.design.spec import ModelDesign, from_preset
+from lmforge.engine.generate import generate_tokens
+from lmforge.engine.sampling import SamplingParams, sample_next
 from lmforge.model.init import SCHEMES, initialize
 from lmforge.model.loss import IGNORE_INDEX, linear_cross_entropy
 from lmforge.model.transformer import Transformer
-from lmforge.serve.generate import generate_tokens
-from lmforge.serve.sampling import SamplingParams, sample_next
 
 SMALL = ModelDesign(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=512,
                     context_length=64, name="test")

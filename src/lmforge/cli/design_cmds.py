@@ -9,11 +9,11 @@ import typer
 
 from lmforge.cli.app import app, console, workspace
 from lmforge.design.estimate import GPU_PEAK_FLOPS
-from lmforge.design.hardware import measure_matmul_peak
 from lmforge.design.report import design_report, design_table
 from lmforge.design.spec import PRESETS, from_preset, load_toml
 from lmforge.design.stage import apply_overrides, register_design
 from lmforge.errors import LmforgeError
+from lmforge.runtime import measure_matmul_peak
 
 
 @app.command(rich_help_panel="Lifecycle stages",

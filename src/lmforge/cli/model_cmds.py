@@ -8,12 +8,12 @@ from pathlib import Path
 import typer
 
 from lmforge.cli.app import app, console, workspace
+from lmforge.engine.generate import generate_tokens
+from lmforge.engine.sampling import SamplingParams
 from lmforge.errors import LmforgeError
 from lmforge.model.hf import DTYPES, export_hf, import_hf
 from lmforge.model.init import SCHEMES
 from lmforge.model.stage import init_stage, load_model
-from lmforge.serve.generate import generate_tokens
-from lmforge.serve.sampling import SamplingParams
 
 
 @app.command(rich_help_panel="Lifecycle stages",

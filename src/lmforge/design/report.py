@@ -16,9 +16,9 @@ from lmforge.design.estimate import (
     training_memory,
     training_seconds,
 )
-from lmforge.design.hardware import MatmulPeak
 from lmforge.design.spec import ModelDesign
 from lmforge.errors import LmforgeError
+from lmforge.runtime import MatmulPeak
 
 
 def design_report(d: ModelDesign, batch_size: int, peak: MatmulPeak | None,

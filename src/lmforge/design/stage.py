@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lmforge.design.hardware import MatmulPeak
 from lmforge.design.report import design_report
 from lmforge.design.spec import PRESETS, ModelDesign, from_dict, from_preset, load_toml, to_toml
 from lmforge.errors import LmforgeError
 from lmforge.registry import Artifact, Workspace, atomic_write_json, atomic_write_text
+from lmforge.runtime import MatmulPeak
 
 DESIGN_FILE = "design.toml"
 

@@ -340,7 +340,7 @@ def fit_chat_prompt(tok: Any, content: str, room: int) -> tuple[list[int], str, 
 
 
 def _generate(model: Any, tok: Any, ids: list[int], params: Any) -> tuple[str, int, str]:
-    from lmforge.serve.generate import generate_tokens
+    from lmforge.engine.generate import generate_tokens
 
     # End of turn or document; a role token would start a turn the model must not write.
     stops = tuple(t for t in (getattr(tok, name, None) for name in (
@@ -377,7 +377,7 @@ def run_chat_suite(model: Any, tok: Any, settings: Any, limit: int | None = None
     max_new_tokens (128), seed (0), temperature (0 = greedy), top_k (0), top_p (1.0),
     chat_prompts (100 instruction prompts), limit (items per task; the argument wins).
     """
-    from lmforge.serve.sampling import SamplingParams
+    from lmforge.engine.sampling import SamplingParams
 
     require_chat_template(tok, _setting(settings, "model", "the model"))
     max_new = int(_setting(settings, "max_new_tokens", 128))

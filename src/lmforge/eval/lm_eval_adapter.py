@@ -15,7 +15,7 @@ module, which registers the class and then hands its arguments to lm-eval's own 
 The numbers are lmforge's own: `loglikelihood` encodes each request with
 `lmforge.eval.scorer.encode_pair` (lm-eval's HFLM split, BOS first by default) and scores it
 with `LoglikelihoodScorer`; `generate_until` decodes greedily through
-`lmforge.serve.generate`. lm-eval is the optional extra `eval`; `import lmforge` never
+`lmforge.engine.generate`. lm-eval is the optional extra `eval`; `import lmforge` never
 imports it, only importing this module does.
 """
 
@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
+from lmforge.engine.generate import generate_tokens
+from lmforge.engine.sampling import SamplingParams
 from lmforge.errors import LmforgeError
 from lmforge.eval.scorer import LoglikelihoodScorer, encode_pair
 from lmforge.model.transformer import Transformer
-from lmforge.serve.generate import generate_tokens
-from lmforge.serve.sampling import SamplingParams
 from lmforge.tokenizer import Tokenizer
 
 try:

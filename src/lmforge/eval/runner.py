@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmforge.engine.generate import generate_tokens
+from lmforge.engine.sampling import SamplingParams
 from lmforge.errors import LmforgeError
 from lmforge.eval import metrics as M
 from lmforge.eval.render import (
@@ -39,8 +41,6 @@ from lmforge.eval.tasks import (
     Task,
 )
 from lmforge.model.transformer import Transformer
-from lmforge.serve.generate import generate_tokens
-from lmforge.serve.sampling import SamplingParams
 from lmforge.tokenizer import Tokenizer
 
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.errors import LmforgeError
-from lmforge.model.transformer import Transformer, apply_rotary
+from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import BOS_ID, Tokenizer
 
 Request = tuple[Sequence[int], Sequence[int]]
@@ -243,8 +243,9 @@ class LoglikelihoodScorer:
                 owners += [len(keys)] * len(cont)
                 keys.append((g.context, cont))
                 offset += n
-        hidden = _packed_hidden(self.model, ids.to(self.device), pos.to(self.device),
-                                seg.to(self.device))
+        seg = seg.to(self.device)
+        hidden = self.model.hidden(ids.to(self.device), positions=pos.to(self.device),
+                                   attn_mask=_shared_prefix_mask(seg))
         return self._finish(hidden, rows, cols, targets, owners, keys)
 
     def _score_rows(self, batch: list[_Group]):
@@ -281,34 +282,14 @@ class LoglikelihoodScorer:
                 for k, s, m in zip(keys, sums.tolist(), misses.tolist(), strict=True)}
 
 
-def _packed_hidden(model: Transformer, ids: torch.Tensor, pos: torch.Tensor,
-                   seg: torch.Tensor) -> torch.Tensor:
-    """`model.hidden` for packed rows: explicit rotary positions and a mask where a token
-    sees earlier tokens of the shared context (segment 0) and of its own segment.
-
-    It calls the model's own modules (norms, projections, MLP) so the weights and math are
-    the model's; only the attention mask and positions differ from `Transformer.hidden`.
-    """
-    b, t = ids.shape
-    order = torch.arange(t, device=ids.device)
+def _shared_prefix_mask(seg: torch.Tensor) -> torch.Tensor:
+    """(b, 1, t, t): causal, and a token sees the shared context (segment 0) and its own
+    segment only; padding (segment -1) sees its own padding."""
+    t = seg.shape[1]
+    order = torch.arange(t, device=seg.device)
     causal = order[None, :, None] >= order[None, None, :]
     same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
-    mask = (causal & same)[:, None]  # (b, 1, t, t); padding rows see their own padding
-    x = model.model.embed_tokens(ids)
-    cos = model.rotary.cos[pos][:, :, None].to(x.dtype)  # (b, t, 1, head_dim)
-    sin = model.rotary.sin[pos][:, :, None].to(x.dtype)
-    for block in model.model.layers:
-        attn = block.self_attn
-        h = block.input_layernorm(x)
-        q = apply_rotary(attn.q_proj(h).view(b, t, attn.n_heads, attn.head_dim), cos, sin)
-        k = apply_rotary(attn.k_proj(h).view(b, t, attn.n_kv_heads, attn.head_dim), cos, sin)
-        v = attn.v_proj(h).view(b, t, attn.n_kv_heads, attn.head_dim)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                           v.transpose(1, 2), attn_mask=mask,
-                                           enable_gqa=attn.n_kv_heads != attn.n_heads)
-        x = x + attn.o_proj(y.transpose(1, 2).reshape(b, t, -1))
-        x = x + block.mlp(block.post_attention_layernorm(x))
-    return model.model.norm(x)
+    return (causal & same)[:, None]
 
 
 def _bar(total: int, enabled: bool, desc: str):

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmforge.design.hardware import resolve_device
 from lmforge.errors import LmforgeError
 from lmforge.eval.gates import check_gates_apply, evaluate_gates, parse_gates
 from lmforge.eval.render_report import report_markdown
@@ -22,6 +21,7 @@ from lmforge.eval.suites import SUITES
 from lmforge.eval.tasks import Task, load_tasks_toml
 from lmforge.model.stage import load_model
 from lmforge.registry import Artifact, Workspace, atomic_write_json, atomic_write_text
+from lmforge.runtime import resolve_device
 
 REPORT_KIND = "eval-report"
 CHAT_SUITE = "chat"

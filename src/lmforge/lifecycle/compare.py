@@ -5,10 +5,10 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from lmforge.engine.generate import complete
+from lmforge.engine.sampling import SamplingParams
 from lmforge.model.stage import load_model
 from lmforge.registry import Workspace
-from lmforge.serve.generate import complete
-from lmforge.serve.sampling import SamplingParams
 
 
 def sample_text(ws: Workspace, model_ref: str, prompt: str, max_tokens: int, seed: int) -> str:

@@ -46,11 +46,33 @@ class Rotary(nn.Module):
         """cos and signed sin for positions start..start+length, shaped (length, 1, head_dim)."""
         return tuple(x[start:start + length, None].to(dtype) for x in (self.cos, self.sin))
 
+    def at(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """cos and signed sin at explicit positions (batch, seq): (batch, seq, 1, head_dim)."""
+        return tuple(x[positions][:, :, None].to(dtype) for x in (self.cos, self.sin))
+
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     # x: (batch, seq, heads, head_dim)
     half = x.shape[-1] // 2
     return x * cos + torch.cat([x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+def segment_positions(segments: torch.Tensor) -> torch.Tensor:
+    """Position of each token within its segment (packed documents restart at 0)."""
+    t = segments.shape[1]
+    index = torch.arange(t, device=segments.device).expand_as(segments)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    # The index where the current segment began, carried forward by a running max.
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - first
+
+
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, t, t) boolean mask: causal, and only within the same segment."""
+    t = segments.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=segments.device).tril()
+    return (causal & (segments[:, :, None] == segments[:, None, :]))[:, None]
 
 
 class Attention(nn.Module):
@@ -63,7 +85,10 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(d.d_model, d.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+                mask: torch.Tensor | None = None, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
+        """mask: None for plain causal attention, else a boolean (batch, 1, t, keys) mask of
+        what each query may see (True = attend)."""
         b, t, _ = x.shape
         h, kv = self.n_heads, self.n_kv_heads
         q = apply_rotary(self.q_proj(x).view(b, t, h, self.head_dim), cos, sin)
@@ -72,12 +97,9 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, heads, t, hd)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        past = k.shape[2] - t
-        if past == 0:
+        if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=kv != h)
         else:
-            # New tokens attend to all cached ones and causally among themselves.
-            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv != h)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
@@ -105,8 +127,9 @@ class Block(nn.Module):
         self.mlp = MLP(d)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer)
+                mask: torch.Tensor | None = None, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -129,37 +152,76 @@ class Transformer(nn.Module):
         self.rotary = Rotary(design.head_dim, design.rope_theta, design.context_length)
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None,
-                targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
-        """Logits (batch, seq, vocab) for token ids (batch, seq); extends `cache` if given.
+                targets: torch.Tensor | None = None, reduction: str = "mean", *,
+                positions: torch.Tensor | None = None, segments: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (batch, seq, vocab) for token ids (batch, seq); see `hidden` for the rest.
 
         With `targets` (batch, seq: the token that follows each position, IGNORE_INDEX where no
         loss is wanted) it returns the cross-entropy instead ("mean", "sum" or per-token
         "none"), with the output head fused into the loss so full logits never exist: the
         fast, memory-light way to train (model/loss.py).
         """
-        h = self.hidden(ids, cache)
+        h = self.hidden(ids, cache, positions=positions, segments=segments,
+                        attn_mask=attn_mask, lengths=lengths)
         if targets is None:
             return self.lm_head(h)
         return linear_cross_entropy(h, self.lm_head.weight, targets, reduction=reduction)
 
-    def hidden(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Final normalized hidden states (batch, seq, d_model): what the output head reads."""
-        t = ids.shape[1]
-        start = cache.length if cache is not None else 0
-        if start + t > self.design.context_length:
-            raise ValueError(f"sequence of {start + t} tokens exceeds the context length "
+    def hidden(self, ids: torch.Tensor, cache: KVCache | None = None, *,
+               positions: torch.Tensor | None = None, segments: torch.Tensor | None = None,
+               attn_mask: torch.Tensor | None = None,
+               lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Final normalized hidden states (batch, seq, d_model): what the output head reads.
+
+        The one forward of training, evaluation and generation. What each token sees:
+        - nothing given: causal attention over the row (the fast fused kernel);
+        - `segments` (batch, seq ints): packed documents, each token sees only earlier tokens
+          of its own segment, and positions restart at 0 in every segment;
+        - `attn_mask` (batch, 1 or heads, seq, keys bools, True = attend) with `positions`:
+          any other pattern (the scorer's shared-prefix rows);
+        - `cache`: new tokens go after each row's own history (rows may hold different
+          lengths) and see that history and themselves causally. `lengths` (batch,) says how
+          many of the new tokens of each row are real when rows are right-padded; the cache
+          advances by those (by seq otherwise).
+        """
+        b, t = ids.shape
+        if segments is not None and (cache is not None or attn_mask is not None):
+            raise ValueError("segments build their own mask: give them without a cache or mask")
+        mask = attn_mask
+        if cache is not None:
+            cache.check_room(t)
+            past = cache.lengths
+            if positions is None:
+                positions = past[:, None] + torch.arange(t, device=ids.device)
+            uniform = bool((past == past[0]).all())
+            if mask is None and not (uniform and int(past[0]) == 0):
+                # Key j is visible to new token i of row r when j <= past[r] + i: the row's
+                # history, then causally its own new tokens; slots it never wrote are hidden.
+                keys = torch.arange(int(past.max()) + t, device=ids.device)
+                mask = (keys[None, None, :] <= positions[:, :, None])[:, None]
+        elif segments is not None:
+            positions = segment_positions(segments) if positions is None else positions
+            mask = segment_mask(segments)
+        end = int(positions.max()) + 1 if positions is not None else t
+        if end > self.design.context_length:
+            raise ValueError(f"sequence of {end} tokens exceeds the context length "
                              f"{self.design.context_length}")
         x = self.model.embed_tokens(ids)
-        cos, sin = self.rotary.tables(start, t, x.dtype)
+        if positions is None:
+            cos, sin = self.rotary.tables(0, t, x.dtype)
+        else:
+            cos, sin = self.rotary.at(positions, x.dtype)
         for i, block in enumerate(self.model.layers):
             if cache is None:
-                x = block(x, cos, sin)  # the same arguments for every layer: see compile_blocks
+                x = block(x, cos, sin, mask)  # same arguments for every layer: compile_blocks
             else:
                 # Cached decoding changes shapes every step: run the eager forward even when
                 # the block is compiled, rather than recompiling per layer and per length.
-                x = block.forward(x, cos, sin, cache, i)
+                x = block.forward(x, cos, sin, mask, cache, i)
         if cache is not None:
-            cache.advance(t)
+            cache.advance(t if lengths is None else lengths.to(cache.lengths.device))
         return self.model.norm(x)
 
     def compile_blocks(self, **options) -> Transformer:

@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import save_file
 
 from lmforge.design.estimate import training_flops_per_token
-from lmforge.design.hardware import default_dtype_for, measure_matmul_peak, resolve_device
 from lmforge.errors import LmforgeError
 from lmforge.model.io import savable_state
 from lmforge.model.transformer import Transformer
+from lmforge.runtime import default_dtype_for, measure_matmul_peak, resolve_device
 from lmforge.train.batches import TokenSource, train_micro_batches, validation_batches
 from lmforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lmforge.train.objectives import Objective

@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load_file
 
 from lmforge.data.shards import TokenShards
+from lmforge.engine.generate import complete
+from lmforge.engine.sampling import SamplingParams
 from lmforge.errors import LmforgeError
 from lmforge.model.io import load_model_dir, save_model_dir
 from lmforge.model.stage import model_card
 from lmforge.model.transformer import Transformer
 from lmforge.registry import Artifact, Workspace, atomic_write_json
-from lmforge.serve.generate import complete
-from lmforge.serve.sampling import SamplingParams
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.loop import Interrupted, TrainResult, train
 from lmforge.train.objectives import NextToken

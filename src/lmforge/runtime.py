@@ -1,4 +1,9 @@
-"""Measure what this machine can do, so time estimates come from this hardware, not a guess."""
+"""The runtime: which device and dtype to use, and what this machine can do.
+
+One place for every stage (training, evaluation, the engine, design estimates): device names
+are resolved and refused here, and the matmul peak that MFU and time estimates divide by is
+measured here, on this hardware rather than from a data sheet.
+"""
 
 from __future__ import annotations
 
@@ -46,10 +51,21 @@ class MatmulPeak:
 
 
 def measure_matmul_peak(device: torch.device | None = None, dtype: torch.dtype | None = None,
-                        size: int = 1024, seconds: float = 0.5) -> MatmulPeak:
-    """Best-of-N throughput of a square matmul: the practical peak that MFU is measured against."""
+                        size: int | None = None, seconds: float = 0.5) -> MatmulPeak:
+    """Best-of-N throughput of a square matmul: the practical peak that MFU is measured against.
+
+    CPU: 1024x1024 in fp32, each call timed on its own (a call takes milliseconds). GPU: a
+    matmul big enough to fill the device (8192x8192, in the training dtype: bf16 where it is
+    fast), timed with device events over a burst of calls, so neither launch overhead nor a
+    host sync per call is counted; a small matmul with a sync each time runs far below the
+    device's peak and would make MFU look higher than it is.
+    """
     device = device or auto_device()
     dtype = dtype or default_dtype_for(device)
+    if device.type == "cuda":
+        size = size or 8192
+        return _cuda_peak(device, dtype, size, seconds)
+    size = size or 1024
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     for _ in range(2):  # warm-up: thread pools, kernels, caches
@@ -62,6 +78,27 @@ def measure_matmul_peak(device: torch.device | None = None, dtype: torch.dtype |
         a @ b
         _sync(device)
         best = min(best, time.perf_counter() - start)
+    return MatmulPeak(str(device), str(dtype).removeprefix("torch."), size, 2 * size**3 / best)
+
+
+def _cuda_peak(device: torch.device, dtype: torch.dtype, size: int,
+               seconds: float) -> MatmulPeak:
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        torch.matmul(a, b, out=out)
+    torch.cuda.synchronize(device)
+    burst, best = 10, float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(burst):
+            torch.matmul(a, b, out=out)
+        end.record()
+        end.synchronize()
+        best = min(best, begin.elapsed_time(end) / 1000 / burst)
     return MatmulPeak(str(device), str(dtype).removeprefix("torch."), size, 2 * size**3 / best)
 
 
