@@ -2,6 +2,7 @@
 
 Layout inside a run folder:
   checkpoints/step_000020/{model.safetensors, optimizer.safetensors, state.json}
+      (+ objective.safetensors: the parameters an objective owns, such as a reward head)
   checkpoints/latest          -> the name of the newest complete checkpoint
 A checkpoint folder is written under a temporary name and renamed when complete, and `latest`
 is replaced atomically after that, so a kill at any moment leaves the previous one usable.
@@ -51,7 +52,7 @@ def _unflatten_optimizer(k: int, tensors: dict[str, torch.Tensor], groups: dict[
 
 def save_checkpoint(run_dir: Path, step: int, model: Transformer,
                     optimizers: list[torch.optim.Optimizer], extra: dict[str, Any],
-                    keep: int = 2) -> Path:
+                    owned: dict[str, torch.nn.Parameter] | None = None, keep: int = 2) -> Path:
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
@@ -60,6 +61,9 @@ def save_checkpoint(run_dir: Path, step: int, model: Transformer,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(savable_state(model), str(tmp / "model.safetensors"))
+    if owned:
+        save_file({n: p.detach().cpu().contiguous() for n, p in owned.items()},
+                  str(tmp / "objective.safetensors"))
     tensors, groups = _flatten_optimizers(optimizers)
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
@@ -89,13 +93,14 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def load_checkpoint(path: Path, model: Transformer, optimizers: list[torch.optim.Optimizer]
-                    ) -> dict[str, Any]:
+def load_checkpoint(path: Path, model: Transformer, optimizers: list[torch.optim.Optimizer],
+                    owned: dict[str, torch.nn.Parameter] | None = None) -> dict[str, Any]:
     """Restore model, optimizers and RNG in place; return state.json."""
     try:
         state = json.loads((path / "state.json").read_text())
         weights = load_file(str(path / "model.safetensors"))
         tensors = load_file(str(path / "optimizer.safetensors"))
+        own = load_file(str(path / "objective.safetensors")) if owned else {}
     except (OSError, ValueError) as e:
         raise LmforgeError(f"checkpoint {path} is unreadable: {e}",
                            hint="delete it to fall back to the previous checkpoint") from None
@@ -105,6 +110,14 @@ def load_checkpoint(path: Path, model: Transformer, optimizers: list[torch.optim
         raise LmforgeError(f"checkpoint {path} does not fit this model (missing "
                            f"{sorted(set(missing) - allowed)[:3]}, unexpected {unexpected[:3]})",
                            hint="resume with the same model the run started from")
+    if owned:
+        if set(own) != set(owned):
+            raise LmforgeError(f"checkpoint {path} holds objective parameters {sorted(own)[:3]}, "
+                               f"this objective has {sorted(owned)[:3]}",
+                               hint="resume with the same objective the run started with")
+        with torch.no_grad():
+            for name, p in owned.items():
+                p.copy_(own[name])
     for k, opt in enumerate(optimizers):
         opt.load_state_dict(_unflatten_optimizer(k, tensors, state["optimizers"][k]))
     torch.set_rng_state(tensors["rng.cpu"])

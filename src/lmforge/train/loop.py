@@ -1,7 +1,10 @@
-"""The training loop: one loop for every stage; the objective decides what is learned.
+"""The training loop: one loop for every stage; the objective decides what is learned and the
+batch source what it reads.
 
-Per step: set the scheduled learning rate, accumulate gradients over micro-batches, clip,
-step the optimizers; every so often evaluate, sample and checkpoint. A step's data is a pure
+Per step: set the scheduled learning rate, accumulate gradients over the step's micro-batches
+(each weighted by its share of the step's real tokens, so the step's loss is the mean over all
+of them however they were split), clip, step the optimizers (the model's parameters and those
+the objective owns); every so often validate, sample and checkpoint. A step's data is a pure
 function of (seed, step), so a resumed run continues exactly where a checkpoint left it.
 """
 
@@ -23,9 +26,9 @@ from lmforge.errors import LmforgeError
 from lmforge.model.io import savable_state
 from lmforge.model.transformer import Transformer
 from lmforge.runtime import default_dtype_for, measure_matmul_peak, resolve_device
-from lmforge.train.batches import TokenSource, train_micro_batches, validation_batches
+from lmforge.train.batches import BatchSource
 from lmforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from lmforge.train.objectives import Objective
+from lmforge.train.objectives import Objective, owned_parameters
 from lmforge.train.optim import build_optimizers
 from lmforge.train.progress import MetricsLog, TrainProgress
 from lmforge.train.schedule import lr_multiplier
@@ -55,16 +58,20 @@ def autocast_dtype(s: TrainSettings, device: torch.device) -> torch.dtype | None
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, objective: Objective, source: TokenSource, s: TrainSettings,
-             device: torch.device, amp: torch.dtype | None) -> float:
+def evaluate(model: Transformer, objective: Objective, source: BatchSource,
+             device: torch.device, amp: torch.dtype | None) -> dict[str, float]:
+    """Validation loss and the objective's metrics, each a mean weighted by real tokens."""
     model.eval()
-    total, batches = 0.0, 0
-    for batch in validation_batches(source, s.seq_len, s.micro_batch, s.eval_batches, device):
+    sums: dict[str, float] = {}
+    tokens = 0
+    for batch in source.validation_batches(device):
         with _autocast(device, amp):
-            total += objective(model, batch)[0].item()
-        batches += 1
+            loss, metrics = objective(model, batch)
+        for name, value in {"loss": loss.item(), **metrics}.items():
+            sums[name] = sums.get(name, 0.0) + value * batch.tokens
+        tokens += batch.tokens
     model.train()
-    return total / max(1, batches)
+    return {name: total / max(1, tokens) for name, total in sums.items()}
 
 
 def _autocast(device: torch.device, amp: torch.dtype | None):
@@ -92,32 +99,35 @@ def _stop_requests():
             signal.signal(sig, h)
 
 
-def train(model: Transformer, objective: Objective, train_src: TokenSource,
-          val_src: TokenSource, s: TrainSettings, run_dir: Path,
-          sample: Callable[[Transformer], list[str]] | None = None,
-          on_step: Callable[[int], None] | None = None, show_progress: bool = True,
-          bits_per_token_scale: float | None = None) -> TrainResult:
+def train(model: Transformer, objective: Objective, source: BatchSource, s: TrainSettings,
+          run_dir: Path, sample: Callable[[Transformer], list[str]] | None = None,
+          on_step: Callable[[int], None] | None = None,
+          show_progress: bool = True) -> TrainResult:
     run_dir = Path(run_dir)
     device = resolve_device(s.device)
     amp = autocast_dtype(s, device)
     model.to(device).train()
+    if isinstance(objective, torch.nn.Module):
+        objective.to(device).train()
+    owned = owned_parameters(objective)
     optimizers = build_optimizers(model, s.optimizer, s.lr, s.weight_decay, (s.beta1, s.beta2),
-                                  s.muon_lr, device)
+                                  s.muon_lr, device, extra=list(owned.values()))
     for opt in optimizers:
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]
     if s.compile:  # per-block ("regional") compile: seconds to compile, same state dict keys
         model.compile_blocks()
-    total = s.total_steps(train_src.tokens)
+    parameters = [*model.parameters(), *owned.values()]
+    total = s.total_steps(source.tokens)
     log = MetricsLog(run_dir / "metrics.jsonl")
     # JSON-able (it goes into every checkpoint): None until there is a value.
     state = {"elapsed": 0.0, "best_val": None, "best_step": None, "bad_evals": 0,
-             "train_loss": None, "val_loss": None}
+             "train_loss": None, "val_loss": None, "tokens": 0}
     start = 0
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
-        saved = load_checkpoint(ckpt, model, optimizers)
-        start, state = saved["step"], saved["loop"]
+        saved = load_checkpoint(ckpt, model, optimizers, owned)
+        start, state = saved["step"], {**state, **saved["loop"]}
         if show_progress:
             print(f"resuming {run_dir.name} from its checkpoint at step {start}", flush=True)
     log.truncate_after(start)  # lines written after the checkpoint belong to a lost future
@@ -128,7 +138,7 @@ def train(model: Transformer, objective: Objective, train_src: TokenSource,
     done = start
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(run_dir, step, model, optimizers, {"loop": state})
+        save_checkpoint(run_dir, step, model, optimizers, {"loop": state}, owned)
 
     with _stop_requests() as stop, progress:
         for step in range(start, total):
@@ -137,38 +147,49 @@ def train(model: Transformer, objective: Objective, train_src: TokenSource,
             for opt in optimizers:
                 for group in opt.param_groups:
                     group["lr"] = group["initial_lr"] * mult
+            batches = source.step_batches(step, s.seed, device)
+            step_tokens = sum(b.tokens for b in batches)
             loss_sum = 0.0
-            for batch in train_micro_batches(train_src, step, s.seed, s.micro_batch,
-                                             s.accumulation, s.seq_len, device):
+            train_metrics: dict[str, float] = {}
+            for batch in batches:
+                if batch.tokens == 0:  # nothing to learn in it (all prompt, all padding)
+                    continue
+                share = batch.tokens / step_tokens
                 with _autocast(device, amp):
-                    loss = objective(model, batch)[0] / s.accumulation
+                    loss, metrics = objective(model, batch)
+                    loss = loss * share
                 loss.backward()
                 loss_sum += loss.item()
+                for name, value in metrics.items():
+                    train_metrics[name] = train_metrics.get(name, 0.0) + value * share
             if not math.isfinite(loss_sum):
                 raise LmforgeError(f"training diverged at step {step + 1} (loss {loss_sum})",
                                    hint="lower the learning rate or raise warmup_steps")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, s.grad_clip).item()
             for opt in optimizers:
                 opt.step()
-            model.zero_grad(set_to_none=True)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
             done = step + 1
             seconds = time.perf_counter() - t0
             state["elapsed"] += seconds
             state["train_loss"] = loss_sum
-            tokens_per_s = s.batch_tokens / seconds
-            record = {"step": step + 1, "loss": loss_sum, "lr_mult": mult, "grad_norm": grad_norm,
-                      "tokens": (step + 1) * s.batch_tokens, "tokens_per_s": tokens_per_s,
-                      "mfu": tokens_per_s * flops / peak, "elapsed_s": state["elapsed"]}
+            state["tokens"] += step_tokens
+            tokens_per_s = step_tokens / seconds
+            record = {"step": step + 1, "loss": loss_sum, **train_metrics, "lr_mult": mult,
+                      "grad_norm": grad_norm, "tokens": state["tokens"],
+                      "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops / peak,
+                      "elapsed_s": state["elapsed"]}
             last = step + 1 == total
             if (step + 1) % s.eval_every == 0 or last:
                 # A peak measured while other work held the cores is too low and would show
                 # MFU above 100%: measure again now and then, keep the best.
                 peak = max(peak, measure_matmul_peak(device, amp or torch.float32,
                                                      seconds=0.1).flops_per_second)
-                val = evaluate(model, objective, val_src, s, device, amp)
-                record["val_loss"] = state["val_loss"] = val
-                if bits_per_token_scale:
-                    record["val_bpb"] = val * bits_per_token_scale
+                measured = evaluate(model, objective, source, device, amp)
+                val = measured["loss"]
+                record.update({f"val_{name}": value for name, value in measured.items()})
+                state["val_loss"] = val
                 if state["best_val"] is None or val < state["best_val"]:
                     state.update(best_val=val, best_step=step + 1, bad_evals=0)
                     save_best(model, run_dir)
@@ -194,7 +215,7 @@ def train(model: Transformer, objective: Objective, train_src: TokenSource,
             if stop["stop"]:
                 checkpoint(step + 1)
                 raise Interrupted(f"stopped at step {step + 1}; checkpoint saved")
-    return TrainResult(steps=done, tokens=done * s.batch_tokens,
+    return TrainResult(steps=done, tokens=state["tokens"],
                        train_loss=state["train_loss"], val_loss=state["best_val"],
                        best_step=state["best_step"], seconds=state["elapsed"],
                        stopped_early=stopped_early, history=log.read())

@@ -18,6 +18,7 @@ from lmforge.model.stage import model_card
 from lmforge.model.transformer import Transformer
 from lmforge.registry import Artifact, Workspace, atomic_write_json
 from lmforge.tokenizer import Tokenizer
+from lmforge.train.batches import TokenWindows
 from lmforge.train.loop import Interrupted, TrainResult, train
 from lmforge.train.objectives import NextToken
 from lmforge.train.settings import TrainSettings
@@ -74,10 +75,12 @@ def pretrain_stage(ws: Workspace, model_ref: str, tokens_ref: str, s: TrainSetti
     torch.manual_seed(s.seed)
     val_bytes = val_src.index.get("val_bytes") or 0
     bpb_scale = val_src.tokens / (math.log(2) * val_bytes) if val_bytes else None
+    source = TokenWindows(train_src, val_src, s.seq_len, s.micro_batch, s.accumulation,
+                          s.eval_batches)
     try:
-        result = train(model, NextToken(), train_src, val_src, s, run_dir,
+        result = train(model, NextToken(bpb_scale), source, s, run_dir,
                        sample=sampler(tok, prompts), on_step=on_step,
-                       show_progress=show_progress, bits_per_token_scale=bpb_scale)
+                       show_progress=show_progress)
     except Interrupted as e:
         raise Interrupted(f"run {run_dir.name}: {e}") from None
     if s.early_stop_patience and (run_dir / "best.safetensors").is_file():
