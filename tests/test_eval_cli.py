@@ -64,9 +64,11 @@ def test_approval_needs_a_passing_eval_report(cli, model_v0, tasks_file):  # noq
     assert code == 0, err
     code, _, err = cli("registry", "promote", model, "approved", "--reason", "release")
     one_clean_error(code, err, "no eval-report")
-    cli("eval", model, "--tasks", tasks_file, "--gate", "colors/acc >= 0")
-    code, _, err = cli("registry", "promote", model, "approved", "--reason", "release")
-    assert code == 2 and "eval-report" not in err and "redteam-report" in err
+    code, _, err = cli("eval", model, "--tasks", tasks_file, "--gate", "colors/acc >= 0")
+    assert code == 0, err
+    code, out, err = cli("registry", "promote", model, "approved", "--reason", "release")
+    assert code == 0, err  # no red-team stage exists yet: a passing evaluation is enough
+    assert f"{model}: pretrained -> approved" in out
 
 
 def test_bad_gates_and_tasks_fail_before_any_work(cli, model_v0, tasks_file, tmp_path):  # noqa: F811

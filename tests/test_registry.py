@@ -331,21 +331,67 @@ def test_illegal_move_explains_allowed_moves_and_force_is_recorded(ws):
         ws.set_state(tok.id, "approved", "why not")
 
 
-def test_approval_needs_passing_eval_and_redteam_reports_of_that_model(ws):
+def test_approval_needs_a_passing_eval_report_of_that_model(ws):
     m = model(ws, state="pretrained")
     other = model(ws, b"other", state="pretrained")
-    with pytest.raises(LmforgeError, match="no eval-report.*no redteam-report"):
+    with pytest.raises(LmforgeError, match="has no eval-report with gates") as e:
         ws.set_state(m.id, "approved", "looks good")
+    # The hint is a command that works today, and says why no red-team report is asked for.
+    assert f"`lmforge eval {m.id} --suite pydocs --gate 'docstrings_bpb/bpb <= 2.0'`" \
+        in e.value.hint
+    assert "red-team report is not needed until lmforge has a stage" in e.value.hint
+    assert "redteam" not in e.value.hint and "--force" in e.value.hint
+    report(ws, "eval-report", other.id, True)  # passing, but for another model
+    gateless = report(ws, "eval-report", m.id, None)
+    failed = report(ws, "eval-report", m.id, False)
+    with pytest.raises(LmforgeError, match=f"no eval-report of {m.id} passed its gates "
+                                           f"\\({gateless.id}: no gates, {failed.id}: gates "
+                                           "failed\\)"):
+        ws.set_state(m.id, "approved", "looks good")
+    assert ws.state_of(m.id) == "pretrained" and ws.history(m.id)[-1].to_state == "pretrained"
+    passed = report(ws, "eval-report", m.id, True, tag="rerun")
+    event = ws.set_state(m.id, "approved", "gates passed")
+    assert not event.forced and ws.state_of(m.id) == "approved"
+    # The record says what the approval rests on, and that it went without red teaming.
+    assert event.note == (f"{passed.id} passed its gates; without a red-team "
+                          "report: lmforge has no stage that makes one yet")
+    assert ws.history(m.id)[-1] == event
+
+
+def test_a_failing_redteam_report_blocks_approval_and_force_is_recorded(ws):
+    m = model(ws, state="pretrained")
     report(ws, "eval-report", m.id, True)
-    report(ws, "redteam-report", other.id, True)  # passing, but for another model
-    report(ws, "redteam-report", m.id, False)
-    with pytest.raises(LmforgeError, match="no redteam-report of .* passed its gates") as e:
+    red = report(ws, "redteam-report", m.id, False)
+    with pytest.raises(LmforgeError, match=f"no redteam-report of {m.id} passed its gates "
+                                           f"\\({red.id}: gates failed\\)") as e:
         ws.set_state(m.id, "approved", "looks good")
-    assert "eval-report" not in str(e.value)
-    report(ws, "redteam-report", m.id, True, tag="rerun")
-    assert not ws.set_state(m.id, "approved", "gates passed").forced
-    forced = ws.set_state(other.id, "approved", "exec override", force=True)
-    assert forced.forced
+    assert "eval-report" not in str(e.value) and e.value.hint.startswith("force the move")
+    forced = ws.set_state(m.id, "approved", "exec override", force=True)
+    assert forced.forced and forced.note.startswith(f"forced past: no redteam-report of {m.id}")
+    other = model(ws, b"other", state="pretrained")
+    report(ws, "eval-report", other.id, True)
+    report(ws, "redteam-report", other.id, True)
+    event = ws.set_state(other.id, "approved", "both passed")
+    assert not event.forced and "redteam-report" in event.note and "without" not in event.note
+
+
+def test_a_workspace_of_the_first_schema_is_upgraded_keeping_its_history(tmp_path):
+    from lmforge.registry import db
+
+    root = tmp_path / "old"
+    root.mkdir()
+    with sqlite3.connect(root / "registry.db") as conn:  # what lmforge wrote before notes
+        conn.execute(f"PRAGMA application_id = {db.APPLICATION_ID}")
+        for statement in db.MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+    with Workspace.open(root) as w:
+        m = model(w)
+        w.set_state(m.id, "pretrained", "trained")
+        assert [(e.to_state, e.note) for e in w.history(m.id)] == [
+            ("initialized", ""), ("pretrained", "")]
+    with sqlite3.connect(root / "registry.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(db.MIGRATIONS)
 
 
 def test_a_deleted_artifact_folder_is_rebuilt_by_registering_again(ws):

@@ -55,14 +55,19 @@ def alias(
 
 
 @registry_app.command(help="Move a model to a lifecycle state (e.g. approved). Approval needs "
-                           "an eval report and a red-team report of this exact model that "
-                           "passed their gates; --force overrides, and the record says so.")
+                           "an eval report of this exact model that passed its gates (`lmforge "
+                           "eval MODEL --gate ...`); a red-team report will be required too "
+                           "once lmforge has a red-team stage, and a failing one already "
+                           "blocks. --force overrides, and the record says so.")
 def promote(
     ref: str = typer.Argument(..., help="The model (id, prefix or alias)."),
-    state: str = typer.Argument(..., help="approved, deployed, deprecated, retired, archived."),
+    state: str = typer.Argument(..., help="pretrained, tuned, approved, deployed, deprecated, "
+                                          "retired, archived."),
     reason: str = typer.Option(..., "--reason", help="Why (kept in the record)."),
     force: bool = typer.Option(False, help="Move even if a check fails (recorded as forced)."),
 ) -> None:
     event = workspace().set_state(ref, state, reason, force=force)
     forced = " [yellow](forced)[/]" if event.forced else ""
     console.print(f"{event.artifact_id}: {event.from_state} -> {event.to_state}{forced}")
+    if event.note:  # what the move rests on (or overrode), as kept in the record
+        console.print(f"  on the record: {event.note}", highlight=False)

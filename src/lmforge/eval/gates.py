@@ -1,5 +1,5 @@
 """Gates: thresholds a recipe (or `--gate`) sets on evaluation metrics, deciding whether a model
-may be promoted. A gate is `TASK/METRIC OP NUMBER`, e.g. `docstring_mc/acc >= 0.3` or
+may be promoted. A gate is `TASK/METRIC OP NUMBER`, e.g. `docstrings_mc/acc_norm >= 0.3` or
 `wikitext/bpb <= 2.5`; OP is one of >=, <=, >, <. An eval report records each gate's value and
 verdict, and `gates_passed` (all passed) is what `lmforge registry promote` checks."""
 

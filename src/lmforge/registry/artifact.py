@@ -85,7 +85,8 @@ class ArtifactRecord:
 
 @dataclass(frozen=True)
 class Event:
-    """One lifecycle move. `forced` is True when a check was overridden."""
+    """One lifecycle move. `forced` is True when a check was overridden; `note` says what
+    the move rested on, or what a forced move overrode."""
 
     seq: int
     artifact_id: str
@@ -94,9 +95,10 @@ class Event:
     reason: str
     forced: bool
     time: str
+    note: str = ""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Event:
         return cls(seq=row["seq"], artifact_id=row["artifact_id"], from_state=row["from_state"],
                    to_state=row["to_state"], reason=row["reason"], forced=bool(row["forced"]),
-                   time=row["time"])
+                   time=row["time"], note=row["note"])

@@ -58,6 +58,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
         "CREATE INDEX events_artifact ON events (artifact_id, seq)",
     ),
+    (
+        # What a move rested on (the passing reports of an approval) or what a forced move
+        # overrode, so the record explains itself.
+        "ALTER TABLE events ADD COLUMN note TEXT NOT NULL DEFAULT ''",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

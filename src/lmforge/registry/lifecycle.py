@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,26 @@ ALLOWED_MOVES: dict[str, tuple[str, ...]] = {
 # A new artifact may start only here: approval and deployment are earned by moves.
 INITIAL_STATES: tuple[str, ...] = ("initialized", "pretrained", "tuned")
 
-# Approval needs one passing report of each kind made from this exact model.
-APPROVAL_REPORTS: dict[str, str] = {
-    "eval-report": "lmforge eval --model {id}",
-    "redteam-report": "lmforge redteam --model {id}",
-}
+
+@dataclass(frozen=True)
+class ApprovalReport:
+    """A report kind approval asks for. `command` makes one today; None while the stage that
+    makes it is not built yet: such a report is then checked when one exists (a failing one
+    blocks approval) but not required, and the approval's record says it went without."""
+
+    kind: str
+    what: str
+    command: str | None
+
+
+# Approval needs one passing report of each kind made from this exact model (DESIGN: an
+# evaluation and a red-team report). Red teaming is a later stage; when `lmforge redteam`
+# lands it sets its command here, and from then on its report is required.
+APPROVAL_REPORTS: tuple[ApprovalReport, ...] = (
+    ApprovalReport("eval-report", "an evaluation",
+                   "lmforge eval {id} --suite pydocs --gate 'docstrings_bpb/bpb <= 2.0'"),
+    ApprovalReport("redteam-report", "a red-team report", None),
+)
 
 
 def check_state_name(state: str) -> None:
@@ -62,29 +78,53 @@ def move_problem(art_id: str, current: str, to: str) -> str | None:
     return None
 
 
-def approval_problems(art_id: str, reports: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
-    """What is missing for approval. `reports` lists (id, kind, metrics) of the artifacts
-    that name `art_id` among their parents."""
-    problems = []
-    for kind, command in APPROVAL_REPORTS.items():
-        mine = [(rid, m) for rid, k, m in reports if k == kind]
-        if any(m.get("gates_passed") is True for _, m in mine):
+@dataclass
+class Approval:
+    """What approval lacks (`problems`, with `hints` that fix them) and what it rests on."""
+
+    problems: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
+    basis: list[str] = field(default_factory=list)
+
+
+def check_approval(art_id: str, reports: list[tuple[str, str, dict[str, Any]]]) -> Approval:
+    """Check approval of `art_id` against `reports`: (id, kind, metrics) of the artifacts that
+    name it among their parents, oldest first."""
+    out, excused = Approval(), []
+    for need in APPROVAL_REPORTS:
+        mine = [(rid, m.get("gates_passed")) for rid, k, m in reports if k == need.kind]
+        passed = [rid for rid, ok in mine if ok is True]
+        if passed:
+            out.basis.append(f"{passed[-1]} passed its gates")
+            continue
+        if not mine and need.command is None:
+            out.basis.append(f"without {need.what}: lmforge has no stage that makes one yet")
+            excused.append(need.what)
             continue
         if mine:
-            ids = ", ".join(rid for rid, _ in mine)
-            problems.append(f"no {kind} of {art_id} passed its gates (found {ids})")
+            found = ", ".join(f"{rid}: {'no gates' if ok is None else 'gates failed'}"
+                              for rid, ok in mine)
+            out.problems.append(f"no {need.kind} of {art_id} passed its gates ({found})")
         else:
-            problems.append(f"no {kind} of {art_id} (run `{command.format(id=art_id)}`)")
-    return problems
+            out.problems.append(f"{art_id} has no {need.kind} with gates, and approval needs "
+                                f"{need.what} that passed its gates")
+        if need.command:
+            out.hints.append(f"evaluate it against the gates it must meet, e.g. "
+                             f"`{need.command.format(id=art_id)}`")
+    if out.problems and excused:
+        # Say why only the evaluation is asked for, though the design asks for red teaming.
+        out.hints.append(f"{' or '.join(excused)} is not needed until lmforge has a stage "
+                         "that makes one")
+    return out
 
 
 def _reports(conn: sqlite3.Connection, art_id: str) -> list[tuple[str, str, dict[str, Any]]]:
     """(id, kind, metrics) of every approval report naming `art_id` as a parent."""
-    kinds = list(APPROVAL_REPORTS)
+    kinds = [need.kind for need in APPROVAL_REPORTS]
     rows = conn.execute(
-        "SELECT DISTINCT a.id, a.kind, a.metrics_json FROM parents p JOIN artifacts a "
-        f"ON a.id = p.child_id WHERE p.parent_id = ? AND a.kind IN "
-        f"({','.join('?' * len(kinds))})", (art_id, *kinds)).fetchall()
+        "SELECT DISTINCT a.id, a.kind, a.metrics_json, a.created FROM parents p JOIN "
+        "artifacts a ON a.id = p.child_id WHERE p.parent_id = ? AND a.kind IN "
+        f"({','.join('?' * len(kinds))}) ORDER BY a.created, a.id", (art_id, *kinds)).fetchall()
     return [(r["id"], r["kind"], json.loads(r["metrics_json"])) for r in rows]
 
 
@@ -104,15 +144,19 @@ def apply_move(conn: sqlite3.Connection, root: Path, ref: str, to_state: str, re
                                "pass a model id (see `lmforge registry ls --kind model`)")
         if to_state == current:
             raise LmforgeError(f"{art_id} is already {current}", "nothing to do")
-        problems = [p for p in [move_problem(art_id, current, to_state)] if p]
+        check = Approval()
         if to_state == "approved":
-            problems += approval_problems(art_id, _reports(c, art_id))
+            check = check_approval(art_id, _reports(c, art_id))
+        problems = [p for p in [move_problem(art_id, current, to_state)] if p] + check.problems
         if problems and not force:
-            raise LmforgeError("; ".join(problems), "fix the above, or force the move "
-                               "(--force; the record will say it was forced)")
+            force_it = "force the move (--force; the record will say it was forced)"
+            raise LmforgeError("; ".join(problems), "; ".join(check.hints + [
+                f"or {force_it}" if check.hints else force_it]))
+        # The record keeps what a move rested on, and what a forced one overrode.
+        note = "; ".join([f"forced past: {p}" for p in problems] + check.basis)
         now = utc_now()
         c.execute("UPDATE artifacts SET state = ? WHERE id = ?", (to_state, art_id))
         cur = c.execute("INSERT INTO events (artifact_id, from_state, to_state, reason, forced, "
-                        "time) VALUES (?,?,?,?,?,?)",
-                        (art_id, current, to_state, reason, int(bool(problems)), now))
-        return Event(cur.lastrowid, art_id, current, to_state, reason, bool(problems), now)
+                        "time, note) VALUES (?,?,?,?,?,?,?)",
+                        (art_id, current, to_state, reason, int(bool(problems)), now, note))
+        return Event(cur.lastrowid, art_id, current, to_state, reason, bool(problems), now, note)

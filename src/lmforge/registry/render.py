@@ -110,10 +110,11 @@ def show(artifact: Artifact, state: str | None, events: list[Event],
                         _pairs("metrics", artifact.metrics), files]
     if events:
         history = Table(title="lifecycle", title_justify="left")
-        for column in ("time", "from", "to", "reason", "forced"):
+        for column in ("time", "from", "to", "reason", "forced", "on the record"):
             history.add_column(column)
         for e in events:
             history.add_row(_short_time(e.time), e.from_state or "-", _state(e.to_state),
-                            e.reason, Text("FORCED", style="bold red") if e.forced else "")
+                            e.reason, Text("FORCED", style="bold red") if e.forced else "",
+                            e.note)
         parts.append(history)
     return Group(*parts)
