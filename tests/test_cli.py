@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -67,13 +69,28 @@ def test_init_generate_and_lineage(cli, model_v0):
     model, tok = model_v0
     code, out, err = cli("generate", model, "--prompt", "the quick", "--max-tokens", 10,
                          "--seed", 0)
-    assert code == 0, err and out.startswith("the quick")
+    assert code == 0, err
+    assert out.startswith("the quick")
     _, again, _ = cli("generate", model, "--prompt", "the quick", "--max-tokens", 10, "--seed", 0)
     assert again == out  # seeded sampling is reproducible
     code, out, _ = cli("registry", "lineage", model)
     assert code == 0 and tok in out and "design-" in out
     code, out, _ = cli("registry", "show", model)
     assert "initialized" in out and "model.safetensors" in out
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def assert_same_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    """Every tensor equal, bit for bit, under the same name, shape and dtype."""
+    assert sorted(got) == sorted(want)
+    for name, w in want.items():
+        assert (got[name].shape, got[name].dtype) == (w.shape, w.dtype), name
+        assert torch.equal(got[name], w), name
 
 
 def test_export_loads_in_transformers_and_imports_back(cli, model_v0, tmp_path):
@@ -95,8 +112,29 @@ def test_export_loads_in_transformers_and_imports_back(cli, model_v0, tmp_path):
     code, out, err = cli("import", out_dir, "--name", "round-trip")
     assert code == 0, err
     imported = artifact_id(out, "model")
+    # The round trip loses nothing: the imported weights are the exported ones, which are
+    # the original model's (float32 export: a copy).
+    models = cli.workspace / "artifacts" / "model"
+    exported = _tensors(out_dir / "model.safetensors")
+    assert_same_tensors(_tensors(models / imported / "model.safetensors"), exported)
+    assert_same_tensors(exported, _tensors(models / model / "model.safetensors"))
     code, _, _ = cli("generate", imported, "--prompt", "the", "--max-tokens", 3)
     assert code == 0
+
+
+def test_a_bfloat16_export_imports_as_the_same_numbers(cli, model_v0, tmp_path):
+    model, _ = model_v0
+    out_dir = tmp_path / "hf16"
+    code, _, err = cli("export", model, "--format", "hf", "--out", out_dir, "--dtype", "bfloat16")
+    assert code == 0, err
+    exported = _tensors(out_dir / "model.safetensors")
+    assert {t.dtype for t in exported.values()} == {torch.bfloat16}
+    code, out, err = cli("import", out_dir)
+    assert code == 0, err
+    imported = _tensors(cli.workspace / "artifacts" / "model" / artifact_id(out, "model")
+                        / "model.safetensors")
+    # Imported models are kept in float32; bfloat16 -> float32 is exact.
+    assert_same_tensors(imported, {k: v.float() for k, v in exported.items()})
 
 
 def one_clean_error(code: int, err: str, *words: str) -> None:
@@ -138,3 +176,51 @@ def test_corrupted_weights_are_refused_naming_the_file(cli, model_v0):
     weights.write_bytes(bytes(data))
     code, _, err = cli("generate", model, "--prompt", "the")
     one_clean_error(code, err, "model.safetensors", model)
+
+
+def test_approval_is_refused_with_a_working_command_then_follows_a_passing_eval(
+        cli, model_v0, tmp_path):
+    _, tok = model_v0
+    design = tmp_path / "long.toml"  # room for the longest held-out docstring
+    design.write_text("[model]\nn_layers = 1\nd_model = 32\nn_heads = 2\nn_kv_heads = 1\n"
+                      "vocab_size = 400\ncontext_length = 512\n")
+    code, out, err = cli("init", "--design", design, "--tokenizer", tok, "--seed", 2)
+    assert code == 0, err
+    model = artifact_id(out, "model")
+    code, _, err = cli("registry", "promote", model, "pretrained", "--reason", "imagine it was")
+    assert code == 0, err
+    code, _, err = cli("registry", "promote", model, "approved", "--reason", "release")
+    one_clean_error(code, err, f"{model} has no eval-report with gates",
+                    "a red-team report is not needed until lmforge has a stage", "--force")
+    for missing in ("lmforge redteam", "lmforge finetune", "--model"):
+        assert missing not in err
+    # The hint's command runs as written (--limit only keeps the test short).
+    hint = re.search(r"`(lmforge eval [^`]+)`", err.replace("\n", " ")).group(1)
+    code, out, err = cli(*shlex.split(hint)[1:], "--limit", 10)
+    assert code == 0, err
+    failed = artifact_id(out, "eval-report")
+    assert "gates FAILED" in out  # an untrained model is far from 2 bits per byte
+    code, _, err = cli("registry", "promote", model, "approved", "--reason", "release")
+    one_clean_error(code, err, f"no eval-report of {model} passed its gates",
+                    f"{failed}: gates failed")
+    code, out, err = cli("eval", model, "--suite", "pydocs", "--limit", 10,
+                         "--gate", "docstrings_bpb/bpb <= 1000")
+    assert code == 0, err
+    passed = artifact_id(out, "eval-report")
+    code, out, err = cli("registry", "promote", model, "approved", "--reason", "release")
+    assert code == 0, err
+    assert f"{model}: pretrained -> approved" in out and "forced" not in out
+    assert f"{passed} passed its gates; without a red-team report" in " ".join(out.split())
+    code, out, _ = cli("registry", "ls", "--state", "approved", "--json")
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [model]
+
+
+def test_every_command_an_approval_hint_names_exists(cli):
+    from lmforge.registry.lifecycle import APPROVAL_REPORTS
+
+    commands = [need.command for need in APPROVAL_REPORTS if need.command]
+    assert commands  # at least the evaluation
+    for command in commands:
+        verb = shlex.split(command)[1]
+        code, _, err = cli(verb, "--help")
+        assert code == 0, (command, err)
