@@ -134,3 +134,95 @@ def test_review_export_import_round_trip(cli, model_v0, tmp_path):  # noqa: F811
     new = artifact_id(out.split("eval report")[-1], "eval-report")
     report = _report(cli, new)
     assert report["human_review"]["n_ratings"] == 8
+
+
+@pytest.fixture
+def some_benchmarks(tmp_path: Path) -> Path:
+    """A data root with only PIQA and ARC-Easy, laid out like shared/data; PIQA item 1 has
+    a solution far longer than the test model's 64-token context (like the 276-token PIQA
+    solution that used to stop `--suite base` on a 256-token model)."""
+    root = tmp_path / "bench"
+    (root / "piqa").mkdir(parents=True)
+    (root / "arc").mkdir()
+    piqa = [{"goal": f"How do I open jar {i}?", "sol1": "Twist the lid.",
+             "sol2": "Hit it with a hammer.", "label": i % 2} for i in range(4)]
+    piqa[1]["sol2"] = " ".join(["Hold the jar in one hand and twist the lid"] * 30)
+    (root / "piqa" / "piqa_valid.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in piqa))
+    arc = [{"question": f"Which is a {w}?", "answerKey": "A",
+            "choices": {"text": [w, "rock"], "label": ["A", "B"]}} for w in ("cat", "dog")]
+    (root / "arc" / "ARC-Easy-test.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in arc))
+    return root
+
+
+def test_json_output_is_one_json_document(cli, model_v0, tasks_file):  # noqa: F811
+    model, _ = model_v0
+    code, out, err = cli("eval", model, "--tasks", tasks_file, "--json")
+    assert code == 0, err
+    report = json.loads(out)  # nothing before or after the report on stdout
+    assert report["tasks"]["colors"]["n"] == 30 and report["artifact"].startswith("eval-report")
+    assert f"eval report {report['artifact']}" in err
+
+
+def test_suite_with_an_over_long_item_and_missing_benchmarks_finishes(cli, model_v0,  # noqa: F811
+                                                                      some_benchmarks):
+    model, _ = model_v0
+    code, out, err = cli("eval", model, "--suite", "base", "--data-root", some_benchmarks,
+                         "--limit", 4, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    piqa = report["tasks"]["piqa"]
+    assert piqa["n"] == 3 and [i["index"] for i in piqa["items"]] == [0, 2, 3]
+    assert piqa["skipped"] == {"n": 1, "reasons": {
+        "continuation longer than the model's context (64 tokens)": [1]}}
+    assert "piqa: skipped 1 of 4 items" in err
+    # The tasks after it ran too, and the benchmarks the root lacks are named.
+    assert {"arc_easy", "docstrings_mc", "docstrings_bpb"} <= set(report["tasks"])
+    assert set(report["absent_tasks"]) == {"hellaswag", "arc_challenge", "winogrande",
+                                           "lambada", "wikitext"}
+    assert "holds no file for hellaswag" in err
+    md = _report(cli, report["artifact"])
+    assert md["tasks"]["piqa"]["skipped"]["n"] == 1
+
+
+def test_tasks_picks_built_in_tasks_by_name(cli, model_v0, some_benchmarks, tasks_file):  # noqa: F811
+    model, _ = model_v0
+    code, out, err = cli("eval", model, "--tasks", "piqa,arc_easy", "--data-root",
+                         some_benchmarks, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert list(report["tasks"]) == ["piqa", "arc_easy"]
+    assert report["settings"]["tasks"] == "piqa,arc_easy" and "absent_tasks" not in report
+    code, _, err = cli("eval", model, "--tasks", "hellaswog,piqa")
+    one_clean_error(code, err, "unknown task(s): hellaswog", "hellaswag", "arc_easy",
+                    "docstrings_bpb")
+    code, _, err = cli("eval", model, "--tasks", "hellaswag", "--data-root", some_benchmarks)
+    one_clean_error(code, err, "no file for hellaswag")
+    code, _, err = cli("eval", model, "--suite", "base", "--tasks", "piqa")
+    one_clean_error(code, err, "does not combine with --suite")
+    code, _, err = cli("eval", model, "--tasks", "ifeval")
+    one_clean_error(code, err, "--suite chat")
+    code, _, err = cli("eval", model, "--tasks", tasks_file.parent / "nope.toml")
+    one_clean_error(code, err, "nope.toml")
+
+
+def test_recipe_eval_step_takes_task_names(cli, model_v0, some_benchmarks, tmp_path):  # noqa: F811
+    import io
+
+    from rich.console import Console
+
+    from lmforge.lifecycle.stages import Context, evaluation
+    from lmforge.registry import Workspace
+
+    model, _ = model_v0
+    ws = Workspace.open(cli.workspace)
+    try:
+        ctx = Context(ws, tmp_path, Console(file=io.StringIO()), show_progress=False)
+        step = evaluation(ctx, "eval", {"model": model, "tasks": "arc_easy,piqa",
+                                        "data_root": str(some_benchmarks), "limit": 4})
+        report = _report(cli, step.artifact)
+    finally:
+        ws.close()
+    assert list(report["tasks"]) == ["arc_easy", "piqa"]
+    assert report["tasks"]["piqa"]["skipped"]["n"] == 1

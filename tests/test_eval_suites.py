@@ -8,9 +8,12 @@ from lmforge.errors import LmforgeError
 from lmforge.eval.docstrings import docstring_tasks, held_out_functions
 from lmforge.eval.render import mc_requests
 from lmforge.eval.suites import (
+    BUILTIN_TASKS,
     SUITES,
     base_suite,
     hellaswag_preprocess,
+    parse_task_names,
+    select_builtin,
     wikitext_detokenize,
 )
 from lmforge.eval.tasks import LoglikelihoodItem, MCItem, PerplexityItem
@@ -77,6 +80,48 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
     (tmp_path / "hellaswag").mkdir()
     with pytest.raises(LmforgeError, match="evaluation data missing"):
         base_suite(tmp_path)
+
+
+def _partial_root(shared_data, tmp_path, *names):
+    """A data root holding only some benchmarks' files (copied from shared/data)."""
+    files = {"piqa": "piqa/piqa_valid.jsonl", "arc_easy": "arc/ARC-Easy-test.jsonl",
+             "lambada": "lambada/lambada_test.jsonl"}
+    for name in names:
+        (tmp_path / files[name]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / files[name]).write_bytes((shared_data / files[name]).read_bytes())
+    return tmp_path
+
+
+def test_a_data_root_with_some_benchmarks_runs_those_and_names_the_rest(shared_data, tmp_path,
+                                                                        capsys):
+    root = _partial_root(shared_data, tmp_path, "piqa", "arc_easy")
+    chosen = select_builtin(root, limit=5)
+    assert [t.name for t in chosen.tasks] == ["arc_easy", "piqa", "docstrings_mc",
+                                               "docstrings_bpb"]
+    assert set(chosen.absent) == {"hellaswag", "arc_challenge", "winogrande", "lambada",
+                                  "wikitext"}
+    assert chosen.absent["hellaswag"] == str(root / "hellaswag" / "hellaswag_val.jsonl")
+    err = capsys.readouterr().err
+    assert "holds no file for hellaswag, arc_challenge" in err
+    assert [t.name for t in base_suite(root, 5, include_docstrings=False)] == ["arc_easy",
+                                                                               "piqa"]
+
+
+def test_built_in_tasks_by_name(shared_data, tmp_path):
+    chosen = select_builtin(shared_data, limit=3, names=["piqa", "hellaswag"])
+    assert [t.name for t in chosen.tasks] == ["piqa", "hellaswag"] and not chosen.absent
+    assert len(chosen.tasks[0].load_items()) == 3
+    assert parse_task_names(" hellaswag, arc_easy ,hellaswag") == ["hellaswag", "arc_easy"]
+    # The docstring tasks need no data root at all.
+    only_docs = select_builtin(tmp_path / "nowhere", names=["docstrings_mc"])
+    assert [t.name for t in only_docs.tasks] == ["docstrings_mc"]
+    with pytest.raises(LmforgeError, match="unknown task.*hellaswog") as e:
+        parse_task_names("hellaswog,piqa")
+    assert all(name in e.value.message for name in BUILTIN_TASKS)
+    # Asked for by name but absent from the data root: an error, not a silent skip.
+    root = _partial_root(shared_data, tmp_path, "piqa")
+    with pytest.raises(LmforgeError, match="no file for hellaswag"):
+        select_builtin(root, names=["piqa", "hellaswag"])
 
 
 def test_lm_eval_preprocessing_rules():

@@ -7,10 +7,12 @@ import pytest
 from lmforge.design.spec import ModelDesign
 from lmforge.errors import LmforgeError
 from lmforge.eval import runner as runner_mod
+from lmforge.eval.gates import evaluate_gates, parse_gates
 from lmforge.eval.render import fewshot_examples, mc_requests, render_context, render_prompt
+from lmforge.eval.render_report import report_markdown
 from lmforge.eval.runner import EvalSettings, evaluate
 from lmforge.eval.scorer import LoglikelihoodScorer
-from lmforge.eval.tasks import MCItem, MultipleChoiceTask, load_tasks_toml
+from lmforge.eval.tasks import LoglikelihoodTask, MCItem, MultipleChoiceTask, load_tasks_toml
 from lmforge.model.init import initialize
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import train_tokenizer
@@ -207,3 +209,42 @@ def test_chat_rendering_uses_the_chat_layout(tmp_path, tok):
     assert ctx == prompt.ids and tok.decode(cont) == "blue"
     with pytest.raises(LmforgeError, match="unknown prompt style"):
         render_prompt(task, item, tok, style="fancy")
+
+
+def test_an_item_longer_than_the_context_is_skipped_and_counted(tmp_path, tok, model):
+    """lm-eval's HF backend stops the whole run on a continuation longer than the model's
+    context; the runner scores every other item and lists the skipped one with its reason."""
+    long_choice = "the sky is blue " * 40  # far more than the 64-token context
+    records = [{"q": f"Question {i}?", "choices": ["a cat", "a dog"], "answer": i % 2}
+               for i in range(5)]
+    records[2]["choices"][1] = long_choice
+    write_jsonl(tmp_path / "mc.jsonl", records)
+    write_jsonl(tmp_path / "ll.jsonl", [{"c": "the cat", "x": " sat"},
+                                        {"c": "the sky", "x": " " + long_choice}])
+    mc = MultipleChoiceTask(name="mc", path=tmp_path / "mc.jsonl", context_field="q")
+    ll = LoglikelihoodTask(name="ll", path=tmp_path / "ll.jsonl", context_field="c",
+                           continuation_field="x")
+    assert len(tok.encode(" " + long_choice)) > model.design.context_length
+    report = evaluate(model, tok, [mc, ll], EvalSettings(batch_size=3), progress=False)
+    why = "continuation longer than the model's context (64 tokens)"
+    t = report["tasks"]["mc"]
+    assert t["n"] == 4 and [i["index"] for i in t["items"]] == [0, 1, 3, 4]
+    assert t["skipped"] == {"n": 1, "reasons": {why: [2]}}
+    assert report["tasks"]["ll"]["skipped"] == {"n": 1, "reasons": {why: [1]}}
+    assert report["tasks"]["ll"]["n"] == 1
+    # The other items score as they do without the long one (scores within fp32 rounding of
+    # a different batch composition: 1e-5 on sums of a few tokens).
+    write_jsonl(tmp_path / "short.jsonl", [r for i, r in enumerate(records) if i != 2])
+    short = MultipleChoiceTask(name="mc", path=tmp_path / "short.jsonl", context_field="q")
+    alone = evaluate(model, tok, [short], EvalSettings(batch_size=3), progress=False)
+    for x, y in zip(t["items"], alone["tasks"]["mc"]["items"], strict=True):
+        assert x["loglikelihoods"] == pytest.approx(y["loglikelihoods"], abs=1e-5)
+    assert alone["tasks"]["mc"]["skipped"]["n"] == 0
+    # Every item too long: no metrics, and a gate on the task fails instead of crashing.
+    write_jsonl(tmp_path / "all_long.jsonl", [records[2]])
+    bad = MultipleChoiceTask(name="bad", path=tmp_path / "all_long.jsonl", context_field="q")
+    rep = evaluate(model, tok, [bad], EvalSettings(), progress=False)
+    assert rep["tasks"]["bad"]["n"] == 0 and rep["tasks"]["bad"]["metrics"] == {}
+    gates = evaluate_gates(parse_gates(["bad/acc >= 0"]), rep)
+    assert gates["passed"] is False and gates["results"][0]["value"] is None
+    assert "bad: skipped 1 of 1 items" in report_markdown(rep)

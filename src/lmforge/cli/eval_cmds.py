@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
 
-from lmforge.cli.app import app, console, workspace
+from lmforge.cli.app import app, console, err_console, workspace
 from lmforge.errors import LmforgeError
 
 _EVAL_HELP = """Stages 5 and 7: evaluate a model (base or chat) and register the report.
@@ -17,13 +18,17 @@ _EVAL_HELP = """Stages 5 and 7: evaluate a model (base or chat) and register the
                                            # WikiText bpb, held-out docstrings
   lmforge eval MODEL --suite pydocs        # held-out docstrings only (no data files needed)
   lmforge eval MODEL --suite chat          # IFEval-style instructions + edge cases
+  lmforge eval MODEL --tasks hellaswag,arc_easy   # built-in tasks by name, as in lm-eval
   lmforge eval MODEL --tasks my_tasks.toml # your own multiple-choice/generation/perplexity tasks
   lmforge eval MODEL --suite base --gate 'hellaswag/acc_norm >= 0.3'
   lmforge eval compare MODEL_A MODEL_B     # paired deltas with 95% intervals (--png chart)
 
 Every metric has a standard error. MODEL is a model id, alias, or model folder. A report \
 that passes its gates lets the model be approved (`lmforge registry promote`). Benchmark \
-files come from --data-root, $LMFORGE_EVAL_DATA, or the shared/data folder beside a checkout.
+files come from --data-root, $LMFORGE_EVAL_DATA, or the shared/data folder beside a checkout; \
+the base suite runs the benchmarks that folder holds and names the others. An item longer \
+than the model's context is skipped and counted in the report. With --json, stdout is the \
+report alone.
 """
 
 
@@ -33,8 +38,12 @@ def eval_cmd(
                                         help="A model to evaluate, or `compare` and two "
                                              "models/reports."),
     suite: str = typer.Option(None, "--suite", help="base, pydocs or chat."),
-    tasks: Path = typer.Option(None, "--tasks", help="A task TOML file: \\[tasks.NAME] tables "
-                                                     "(format: README, Evaluation)."),
+    tasks: str = typer.Option(None, "--tasks", help="Built-in task names, comma-separated "
+                                                    "(hellaswag,arc_easy,arc_challenge,piqa,"
+                                                    "winogrande,lambada,wikitext,docstrings_mc,"
+                                                    "docstrings_bpb), or a task file FILE.toml "
+                                                    "of \\[tasks.NAME] tables (README, "
+                                                    "Evaluation)."),
     gate: list[str] = typer.Option([], "--gate", help="Repeatable. 'TASK/METRIC OP NUMBER', "
                                                       "e.g. 'wikitext/bpb <= 2.5'."),
     limit: int = typer.Option(None, help="Items per task (default: 500 for benchmarks)."),
@@ -61,16 +70,19 @@ def eval_cmd(
     from lmforge.eval.render_report import render_report
     from lmforge.eval.stage import eval_stage
 
-    art, report = eval_stage(ws, targets[0], suite=suite, tasks_file=tasks, gates=gate,
+    art, report = eval_stage(ws, targets[0], suite=suite, tasks=tasks, gates=gate,
                              data_root=data_root, limit=limit, batch_size=batch_size, seed=seed,
                              device=device, max_new_tokens=max_new_tokens)
-    if as_json:
-        console.print_json(json.dumps(report))
-    else:
-        render_report(report, console)
     passed = report["gates"]["passed"]
     verdict = "" if passed is None else (" — gates [green]passed[/]" if passed
                                          else " — gates [red]FAILED[/]")
+    if as_json:
+        # stdout is one JSON document (the report, with its artifact id) for `| jq` and
+        # json.loads; the human line goes to stderr.
+        sys.stdout.write(json.dumps({**report, "artifact": art.id}, indent=2) + "\n")
+        err_console.print(f"eval report [bold]{art.id}[/]{verdict}")
+        return
+    render_report(report, console)
     console.print(f"eval report [bold]{art.id}[/]{verdict}")
 
 
@@ -84,13 +96,13 @@ def _compare(ws, a: str, b: str, suite: str | None, png: Path | None, force: boo
     art_b, rep_b = load_report(ws, b, suite)
     cmp = compare_reports(rep_a, rep_b, force=force)
     if as_json:
-        console.print_json(json.dumps(cmp))
+        sys.stdout.write(json.dumps(cmp, indent=2) + "\n")
     else:
         console.print(f"A = {art_a.id} ({rep_a.get('model')}), B = {art_b.id} "
                       f"({rep_b.get('model')})", highlight=False)
         render_comparison(cmp, console)
-    if png:
-        console.print(f"chart: {save_comparison_png(cmp, png)}")
+    if png:  # with --json, stdout stays the JSON alone
+        (err_console if as_json else console).print(f"chart: {save_comparison_png(cmp, png)}")
 
 
 review_app = typer.Typer(help="Human review of sampled outputs: export a blinded page, import "

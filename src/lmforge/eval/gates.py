@@ -67,6 +67,12 @@ def evaluate_gates(gates: Sequence[Gate], report: dict[str, Any]) -> dict[str, A
             raise LmforgeError(f"gate '{g}': the report has no task {g.task!r}",
                                hint=f"tasks: {', '.join(report['tasks'])}")
         metric = task["metrics"].get(g.metric)
+        if metric is None and not task["metrics"] and task.get("skipped", {}).get("n"):
+            # Every item was skipped (too long for the model): nothing passed the gate.
+            results.append({"metric": f"{g.task}/{g.metric}", "op": g.op,
+                            "threshold": g.threshold, "value": None, "passed": False,
+                            "note": "every item was skipped"})
+            continue
         if metric is None:
             raise LmforgeError(f"gate '{g}': task {g.task!r} has no metric {g.metric!r}",
                                hint=f"metrics: {', '.join(task['metrics'])}")

@@ -53,6 +53,25 @@ def _metric_rows(report: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _skip_notes(report: dict) -> list[str]:
+    """One line per task that skipped items (and one for benchmarks absent from the data
+    root): what a reader must know before trusting `n`."""
+    notes = []
+    for task, entry in report.get("tasks", {}).items():
+        skipped = entry.get("skipped") or {}
+        if skipped.get("n"):
+            total = skipped["n"] + entry.get("n", 0)
+            why = "; ".join(f"{why}: {len(ix)} (items {', '.join(map(str, ix[:10]))}"
+                            f"{', ...' if len(ix) > 10 else ''})"
+                            for why, ix in skipped.get("reasons", {}).items())
+            notes.append(f"{task}: skipped {skipped['n']} of {total} items ({why})")
+    absent = report.get("absent_tasks") or {}
+    if absent:
+        notes.append("not run, no file in the data root: " + ", ".join(
+            f"{name} ({path})" for name, path in absent.items()))
+    return notes
+
+
 def _gate_rows(report: dict) -> list[tuple[str, str, str, str]]:
     return [(g["metric"], f"{g['op']} {_num(g['threshold'])}", _num(g.get("value")),
              "pass" if g.get("passed") else "FAIL")
@@ -94,6 +113,8 @@ def render_report(report: dict, console: Console) -> None:
     for row in _metric_rows(report):
         table.add_row(*row)
     console.print(table)
+    for note in _skip_notes(report):
+        console.print(f"[yellow]{note}[/]", highlight=False)
     gates = _gate_rows(report)
     if gates:
         passed = report["gates"].get("passed")
@@ -136,6 +157,9 @@ def report_markdown(report: dict) -> str:
     parts = [f"# {report.get('suite', 'evaluation')} report: {_model(report)}\n",
              f"Settings: {_settings_line(report) or '-'}\n",
              _md_table(("task", "metric", "value ± stderr", "n"), _metric_rows(report))]
+    notes = _skip_notes(report)
+    if notes:
+        parts.append("".join(f"- {note}\n" for note in notes))
     gates = _gate_rows(report)
     if gates:
         verdict = "passed" if report["gates"].get("passed") else "FAILED"

@@ -3,16 +3,22 @@
 ```
 {"suite", "settings": {...}, "tasks": {name: {"kind", "source", "n", "num_fewshot",
  "chance" (multiple choice), "metrics": {metric: {"value", "stderr"}},
+ "skipped": {"n", "reasons": {reason: [item index, ...]}},
  "items": [{"index", "scores": {...}, ...}]}}, "seconds"}
 ```
 Every item carries its per-item scores so two reports on the same task compare item by item
 (paired); the first `samples` items also carry the prompt and the model's output.
+
+An item the scorer cannot score (a choice or continuation longer than the model's context:
+lm-eval's HF backend stops the whole run on one) is left out of the metrics and listed under
+`skipped` with the reason; `n` counts the items scored. One such item never stops a suite.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -118,19 +124,46 @@ class _Runner:
             body = self._generation(task, items, shots)
         else:
             raise LmforgeError(f"task '{task.name}': unknown task type {type(task).__name__}")
-        head = {"kind": task.kind, "source": str(task.path), "n": len(items),
-                "num_fewshot": task.num_fewshot}
+        skipped = body.pop("skipped", {})
+        if skipped:
+            counts = "; ".join(f"{len(ix)} {why}" for why, ix in skipped.items())
+            print(f"note: {task.name}: skipped {sum(map(len, skipped.values()))} of "
+                  f"{len(items)} items ({counts}); the report lists them", file=sys.stderr)
+        head = {"kind": task.kind, "source": str(task.path), "n": len(body["items"]),
+                "num_fewshot": task.num_fewshot,
+                "skipped": {"n": sum(map(len, skipped.values())), "reasons": skipped}}
         return {**head, **body}
 
     def _sample(self, k: int) -> bool:
         return k < self.s.samples
 
+    def _scorable(self, items: list, shots: list, requests: list[list]
+                  ) -> tuple[list, list, list[list], dict[str, list[int]]]:
+        """Items (with their shots and requests) whose every request can be scored, and
+        reason -> indexes of the others. An item is kept or dropped whole: a multiple-choice
+        item with one unscorable choice has no argmax to take."""
+        keep: tuple[list, list, list[list]] = ([], [], [])
+        skipped: dict[str, list[int]] = {}
+        for item, fs, reqs in zip(items, shots, requests, strict=True):
+            why = next((w for _, cont in reqs
+                        if (w := self.scorer.unscorable(cont)) is not None), None)
+            if why is None:
+                for kept, x in zip(keep, (item, fs, reqs), strict=True):
+                    kept.append(x)
+            else:
+                skipped.setdefault(why, []).append(item.index)
+        return *keep, skipped
+
     # ---- multiple choice ---------------------------------------------------------------
 
     def _multiple_choice(self, task: MultipleChoiceTask, items, shots) -> dict[str, Any]:
+        per_item = [mc_requests(task, item, self.tok, self.s.style, fs, self.s.add_bos)
+                    for item, fs in zip(items, shots, strict=True)]
+        items, shots, per_item, skipped = self._scorable(items, shots, per_item)
+        if not items:
+            return {"metrics": {}, "items": [], "skipped": skipped}
         requests, spans = [], []
-        for item, fs in zip(items, shots, strict=True):
-            reqs = mc_requests(task, item, self.tok, self.s.style, fs, self.s.add_bos)
+        for reqs in per_item:
             spans.append((len(requests), len(reqs)))
             requests += reqs
         results = self.scorer.loglikelihood(requests, self.progress)
@@ -160,14 +193,17 @@ class _Runner:
                 "metrics": {"acc": _metric(*M.mean_and_stderr(acc)),
                             "acc_norm": _metric(*M.mean_and_stderr(acc_norm)),
                             "acc_centered": _metric(*M.mean_and_stderr(acc_c))},
-                "items": out_items}
+                "items": out_items, "skipped": skipped}
 
     # ---- one continuation per item -----------------------------------------------------
 
     def _loglikelihood(self, task: LoglikelihoodTask, items, shots) -> dict[str, Any]:
-        requests = [loglikelihood_request(task, item, self.tok, fs, self.s.add_bos)
+        per_item = [[loglikelihood_request(task, item, self.tok, fs, self.s.add_bos)]
                     for item, fs in zip(items, shots, strict=True)]
-        results = self.scorer.loglikelihood(requests, self.progress)
+        items, shots, per_item, skipped = self._scorable(items, shots, per_item)
+        if not items:
+            return {"metrics": {}, "items": [], "skipped": skipped}
+        results = self.scorer.loglikelihood([r for (r,) in per_item], self.progress)
         lls = [r[0] for r in results]
         greedy = [float(r[1]) for r in results]
         n_bytes = [max(len(item.continuation.encode("utf-8")), 1) for item in items]
@@ -186,7 +222,7 @@ class _Runner:
                    "bpb": lambda: _metric(*M.bpb_and_stderr([-x for x in lls], n_bytes,
                                                             seed=seed))}
         return {"metrics": {name: metrics[name]() for name in task.metrics},
-                "items": out_items}
+                "items": out_items, "skipped": skipped}
 
     # ---- whole documents ---------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 The results are those of lm-evaluation-harness's HF backend (`HFLM._loglikelihood_tokens`):
 the sum of log p(continuation token | everything before it), and whether every continuation
 token is the argmax; contexts too long for the model are cut from the left so that
-context + continuation fits, and the continuation stays whole. What differs is the cost:
+context + continuation fits, and the continuation stays whole (one longer than the model's
+context cannot be scored: `unscorable` says so before scoring). What differs is the cost:
 
 - Requests that share a (truncated) context are packed into ONE row: the context once,
   then each distinct continuation after it, with an attention mask that lets every
@@ -155,18 +156,30 @@ class LoglikelihoodScorer:
 
     # ---- request bookkeeping ----------------------------------------------------------
 
+    def unscorable(self, continuation: Sequence[int]) -> str | None:
+        """Why a request with this continuation cannot be scored, or None if it can.
+
+        A context of any length can: it is cut from the left, as lm-eval does. A
+        continuation longer than the model's context cannot (lm-eval's HFLM stops with an
+        assertion on it), nor an empty one. The reason reads the same for every request it
+        applies to, so a report can count items by reason; callers that score whole
+        benchmarks skip such items and report them (see `lmforge.eval.runner`)."""
+        if len(continuation) == 0:
+            return "empty continuation"
+        if len(continuation) > self.max_length:
+            return f"continuation longer than the model's context ({self.max_length} tokens)"
+        return None
+
     def _truncate(self, index: int, ctx: Sequence[int], cont: Sequence[int]
                   ) -> tuple[tuple[int, ...], tuple[int, ...]]:
         cont = tuple(int(t) for t in cont)
         ctx = tuple(int(t) for t in ctx) or (self.prefix_id,)
-        if not cont:
-            raise LmforgeError(f"request {index}: empty continuation",
-                               hint="a scored continuation needs at least one token")
-        if len(cont) > self.max_length:
+        why = self.unscorable(cont)
+        if why is not None:
             raise LmforgeError(
-                f"request {index}: continuation of {len(cont)} tokens is longer than the "
-                f"model's context ({self.max_length})",
-                hint="score it with rolling_loglikelihood or shorten the continuation")
+                f"request {index}: {why}" + (f"; it has {len(cont)}" if cont else ""),
+                hint="lmforge eval skips such items and counts them in its report; to score "
+                     "a long text whole, use rolling_loglikelihood")
         # Like lm-eval: keep the last max_length + 1 tokens of context + continuation.
         keep = self.max_length + 1 - len(cont)
         return ctx[-keep:], cont

@@ -17,8 +17,14 @@ from lmforge.errors import LmforgeError
 from lmforge.eval.gates import check_gates_apply, evaluate_gates, parse_gates
 from lmforge.eval.render_report import report_markdown
 from lmforge.eval.runner import EvalSettings, evaluate
-from lmforge.eval.suites import SUITES
-from lmforge.eval.tasks import Task, load_tasks_toml
+from lmforge.eval.suites import (
+    DEFAULT_LIMIT,
+    SUITES,
+    Selection,
+    parse_task_names,
+    select_builtin,
+)
+from lmforge.eval.tasks import load_tasks_toml
 from lmforge.model.stage import load_model
 from lmforge.registry import Artifact, Workspace, atomic_write_json, atomic_write_text
 from lmforge.runtime import resolve_device
@@ -39,19 +45,52 @@ def _weights_sha256(art: Artifact | None, model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def build_tasks(suite: str | None, tasks_file: str | Path | None, data_root: str | None,
-                limit: int | None) -> list[Task]:
-    if suite is None and tasks_file is None:
+TasksOption = str | Path | Sequence[str]
+
+
+def task_option(value: TasksOption | None) -> tuple[Path | None, list[str] | None]:
+    """`--tasks` (or a recipe step's `tasks`) as (task file, built-in names): a path ending
+    in .toml is a task file; anything else is built-in task names, comma-separated as in
+    lm-eval's `--tasks hellaswag,arc_easy` (or a list of them)."""
+    if value is None:
+        return None, None
+    if isinstance(value, Path) or (isinstance(value, str)
+                                   and value.strip().lower().endswith(".toml")):
+        return Path(value), None
+    parts = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    chat = [n.strip() for n in parts if n.strip() in CHAT_TASKS]
+    if chat:
+        raise LmforgeError(f"{', '.join(chat)} cannot be picked alone: the chat tasks run "
+                           f"together as a suite", hint="lmforge eval MODEL --suite chat")
+    return None, parse_task_names(parts)
+
+
+def build_tasks(suite: str | None, tasks: TasksOption | None, data_root: str | None,
+                limit: int | None) -> Selection:
+    """The tasks to run: a suite's, a task file's and/or built-in ones picked by name; the
+    selection also names the benchmarks the data root lacks."""
+    tasks_file, names = task_option(tasks)
+    if suite is None and tasks is None:
         raise LmforgeError("nothing to evaluate", hint=f"pass --suite ({', '.join(ALL_SUITES)})"
-                                                       " and/or --tasks FILE.toml")
+                                                       ", --tasks hellaswag,arc_easy or "
+                                                       "--tasks FILE.toml")
     if suite is not None and suite not in ALL_SUITES:
         raise LmforgeError(f"unknown suite {suite!r}", hint=f"use one of: {', '.join(ALL_SUITES)}")
-    tasks: list[Task] = []
-    if suite in SUITES:
-        tasks += SUITES[suite](data_root, limit) if limit else SUITES[suite](data_root)
+    if suite is not None and names is not None:
+        raise LmforgeError(f"--tasks {','.join(names)} picks built-in tasks itself; "
+                           f"it does not combine with --suite {suite}",
+                           hint=f"lmforge eval MODEL --tasks {','.join(names)}")
+    limit = limit or DEFAULT_LIMIT  # 0 or None: each built-in task's default cap
+    selected = Selection([])
+    if suite == "base":
+        selected = select_builtin(data_root, limit)
+    elif suite in SUITES:
+        selected.tasks += SUITES[suite](data_root, limit)
+    if names is not None:
+        selected = select_builtin(data_root, limit, names)
     if tasks_file is not None:
-        tasks += load_tasks_toml(Path(tasks_file))
-    return tasks
+        selected.tasks += load_tasks_toml(tasks_file)
+    return selected
 
 
 def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
@@ -61,20 +100,22 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 
 def eval_stage(ws: Workspace, model_ref: str, suite: str | None = None,
-               tasks_file: str | Path | None = None, gates: Sequence[str] = (),
+               tasks: TasksOption | None = None, gates: Sequence[str] = (),
                data_root: str | None = None, limit: int | None = None, batch_size: int = 32,
                seed: int = 0, device: str | None = "auto", max_new_tokens: int = 64,
                show_progress: bool = True) -> tuple[Artifact, dict[str, Any]]:
-    """Evaluate a model (artifact ref or model folder) and register the report."""
+    """Evaluate a model (artifact ref or model folder) and register the report. `tasks` is
+    a task TOML file or built-in task names (see `task_option`)."""
     parsed_gates = parse_gates(list(gates), "gates")
     device = str(resolve_device(device))
-    tasks = build_tasks(suite, tasks_file, data_root, limit)
+    tasks_file, names = task_option(tasks)
+    selected = build_tasks(suite, tasks, data_root, limit)
     model, tok, art = load_model(ws, model_ref, device)
     if art is None:
         label = str(model_ref)
     else:
         label = f"{art.id} ({art.name})" if art.name else art.id
-    task_names = {t.name: t for t in tasks}
+    task_names = {t.name: t for t in selected.tasks}
     if suite == CHAT_SUITE:
         from lmforge.eval.chat_suite import require_chat_template
 
@@ -84,7 +125,7 @@ def eval_stage(ws: Workspace, model_ref: str, suite: str | None = None,
     settings = EvalSettings(batch_size=batch_size, seed=seed, limit=limit, device=device,
                             max_new_tokens=max_new_tokens,
                             style="chat" if suite == CHAT_SUITE else "plain")
-    report = evaluate(model, tok, tasks, settings, progress=show_progress,
+    report = evaluate(model, tok, selected.tasks, settings, progress=show_progress,
                       suite=suite or "custom")
     if suite == CHAT_SUITE:
         from lmforge.eval.chat_suite import run_chat_suite
@@ -97,6 +138,10 @@ def eval_stage(ws: Workspace, model_ref: str, suite: str | None = None,
     report["weights_sha256"] = _weights_sha256(art, model_dir)
     if tasks_file is not None:
         report["settings"]["tasks_file"] = str(tasks_file)
+    if names is not None:
+        report["settings"]["tasks"] = ",".join(names)
+    if selected.absent:
+        report["absent_tasks"] = selected.absent
     report["gates"] = evaluate_gates(parsed_gates, report)
     return register_report(ws, report, art, seconds), report
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.data.eval_root import ENV as EVAL_DATA_ENV
@@ -150,28 +151,29 @@ def read_wikitext(path: Path) -> list[PerplexityItem]:
 
 # ---- the suite -------------------------------------------------------------------------
 
+# The benchmarks of the base suite, in report order, and the held-out docstring tasks (which
+# need no files). Every name here is a built-in task name for `--tasks NAME,NAME`.
+BENCHMARKS = ("hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "lambada",
+              "wikitext")
+DOCSTRING_TASKS = ("docstrings_mc", "docstrings_bpb")
+BUILTIN_TASKS = (*BENCHMARKS, *DOCSTRING_TASKS)
+
+
+@dataclass
+class Selection:
+    """Built-in tasks to run, and the benchmarks left out because the data root lacks their
+    file (name -> the path looked for), so a report can say what it did not run."""
+    tasks: list[Task]
+    absent: dict[str, str] = field(default_factory=dict)
+
+
 def _mc(name: str, path: Path, parse: Callable, limit: int | None) -> MultipleChoiceTask:
     return MultipleChoiceTask(name=name, path=path, limit=limit, parse=parse)
 
 
-def base_suite(data_root: str | Path | None = None, limit: int | None = DEFAULT_LIMIT,
-               include_docstrings: bool = True) -> list[Task]:
-    """The base-model suite. `limit` caps the multiple-choice and last-word tasks (None:
-    every item); wikitext is always whole (44 articles in the shared copy)."""
-    root = default_data_root(data_root)
-    if not root.is_dir() and data_root is None and not os.environ.get(EVAL_DATA_ENV) \
-            and include_docstrings:
-        # Nobody pointed at benchmark files and the checkout's shared/data is absent (a
-        # user's clone): run what needs no files rather than fail the quickstart.
-        print(f"note: no benchmark files at {root}; the base suite runs the held-out "
-              f"docstring tasks only (set {EVAL_DATA_ENV} or pass --data-root for HellaSwag, "
-              "ARC, PIQA, WinoGrande, LAMBADA and WikiText)", file=sys.stderr)
-        return docstring_tasks(limit=limit)
-    if not root.is_dir():
-        raise LmforgeError(f"evaluation data root {root} does not exist",
-                           hint="pass --data-root, set LMFORGE_EVAL_DATA, or run the "
-                                "'pydocs' suite, which needs no files")
-    tasks: list[Task] = [
+def _benchmarks(root: Path, limit: int | None) -> list[Task]:
+    """Every benchmark task over `root` (nothing is read yet)."""
+    return [
         _mc("hellaswag", root / "hellaswag" / "hellaswag_val.jsonl", parse_hellaswag, limit),
         _mc("arc_easy", root / "arc" / "ARC-Easy-test.jsonl", parse_arc, limit),
         _mc("arc_challenge", root / "arc" / "ARC-Challenge-test.jsonl", parse_arc, limit),
@@ -183,13 +185,81 @@ def base_suite(data_root: str | Path | None = None, limit: int | None = DEFAULT_
         PerplexityTask(name="wikitext", path=root / "wikitext2" / "wiki.test.tokens",
                        reader=read_wikitext),
     ]
-    missing = [str(t.path) for t in tasks if not Path(t.path).is_file()]
-    if missing:
-        raise LmforgeError(f"evaluation data missing under {root}: {', '.join(missing)}",
-                           hint="point --data-root at a folder laid out like shared/data")
-    if include_docstrings:
-        tasks += docstring_tasks(limit=limit)
-    return tasks
+
+
+def parse_task_names(text: str | Sequence[str]) -> list[str]:
+    """Built-in task names from "hellaswag,arc_easy" (lm-eval's --tasks form) or a list;
+    an unknown name is an error that lists the valid ones."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    names = list(dict.fromkeys(str(n).strip() for n in parts if str(n).strip()))
+    unknown = [n for n in names if n not in BUILTIN_TASKS]
+    if unknown or not names:
+        what = f"unknown task(s): {', '.join(unknown)}" if unknown else "no task names given"
+        raise LmforgeError(f"{what}; built-in tasks are {', '.join(BUILTIN_TASKS)}",
+                           hint="e.g. lmforge eval MODEL --tasks hellaswag,arc_easy (a task "
+                                "file's name must end in .toml)")
+    return names
+
+
+def select_builtin(data_root: str | Path | None = None, limit: int | None = DEFAULT_LIMIT,
+                   names: Sequence[str] | None = None, include_docstrings: bool = True
+                   ) -> Selection:
+    """The base suite (`names` None), or the named built-in tasks in the order given.
+
+    The whole suite runs the benchmarks its data root holds and notes the absent ones (on
+    stderr and in `Selection.absent`); a root with none of them is an error, except that
+    with no root given anywhere (a user's clone) only the docstring tasks run. A benchmark
+    asked for by name must be there."""
+    if names is None:
+        wanted = list(BENCHMARKS) + (list(DOCSTRING_TASKS) if include_docstrings else [])
+    else:
+        wanted = parse_task_names(names)
+    bench_names = [n for n in wanted if n in BENCHMARKS]
+    by_name: dict[str, Task] = {}
+    absent: dict[str, str] = {}
+    if bench_names:
+        root = default_data_root(data_root)
+        if not root.is_dir():
+            nobody_pointed = data_root is None and not os.environ.get(EVAL_DATA_ENV)
+            if not (names is None and include_docstrings and nobody_pointed):
+                raise LmforgeError(f"evaluation data root {root} does not exist",
+                                   hint="pass --data-root, set LMFORGE_EVAL_DATA, or run the "
+                                        "'pydocs' suite, which needs no files")
+            # A user's clone without shared/data: run what needs no files rather than fail
+            # the quickstart.
+            print(f"note: no benchmark files at {root}; the base suite runs the held-out "
+                  f"docstring tasks only (set {EVAL_DATA_ENV} or pass --data-root for "
+                  "HellaSwag, ARC, PIQA, WinoGrande, LAMBADA and WikiText)", file=sys.stderr)
+        for task in _benchmarks(root, limit):
+            if task.name not in bench_names:
+                continue
+            if Path(task.path).is_file():
+                by_name[task.name] = task
+            else:
+                absent[task.name] = str(task.path)
+        if absent and names is not None:
+            raise LmforgeError(f"no file for {', '.join(absent)} under {root}: "
+                               f"{', '.join(absent.values())}",
+                               hint="point --data-root at a folder laid out like shared/data, "
+                                    "or leave those out of --tasks")
+        if root.is_dir() and not by_name:
+            raise LmforgeError(f"evaluation data missing under {root}: none of "
+                               f"{', '.join(absent.values())}",
+                               hint="point --data-root at a folder laid out like shared/data")
+        if root.is_dir() and absent:
+            print(f"note: {root} holds no file for {', '.join(absent)}; running "
+                  f"{', '.join(by_name)} (and skipping the rest)", file=sys.stderr)
+    if any(n in DOCSTRING_TASKS for n in wanted):
+        by_name.update((t.name, t) for t in docstring_tasks(limit=limit))
+    return Selection([by_name[n] for n in wanted if n in by_name], absent)
+
+
+def base_suite(data_root: str | Path | None = None, limit: int | None = DEFAULT_LIMIT,
+               include_docstrings: bool = True) -> list[Task]:
+    """The base-model suite. `limit` caps the multiple-choice and last-word tasks (None:
+    every item); wikitext is always whole (44 articles in the shared copy). Benchmarks
+    whose file the data root lacks are left out (see `select_builtin`)."""
+    return select_builtin(data_root, limit, None, include_docstrings).tasks
 
 
 def pydocs_suite(data_root: str | Path | None = None, limit: int | None = DEFAULT_LIMIT

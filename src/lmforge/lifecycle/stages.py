@@ -163,9 +163,11 @@ def evaluation(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
           optional=("suite", "tasks", "gates", "limit", "batch_size", "seed", "data_root",
                     "max_new_tokens"))
     settings = {k: v for k, v in p.items() if k not in ("model", "tasks", "data_root")}
-    tasks = str(ctx.base_dir / p["tasks"]) if "tasks" in p else None
+    # A task file is relative to the recipe; anything else is built-in task names.
+    tasks = str(ctx.base_dir / p["tasks"]) if str(p.get("tasks", "")).endswith(".toml") \
+        else p.get("tasks")
     data_root = str(ctx.base_dir / p["data_root"]) if "data_root" in p else None
-    art, report = eval_stage(ctx.ws, p["model"], tasks_file=tasks, data_root=data_root,
+    art, report = eval_stage(ctx.ws, p["model"], tasks=tasks, data_root=data_root,
                              show_progress=ctx.show_progress, **settings)
     shown = ", ".join(f"{task}/{name} {m['value']:.3f}±{m['stderr']:.3f}"
                       for task, entry in report["tasks"].items()
