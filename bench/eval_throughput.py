@@ -104,7 +104,7 @@ def load_or_build(args: argparse.Namespace, scratch: Path
 
         model, tok = load_model_dir(path)
         return model, tok, path, str(path)  # a model directory already is an HF folder
-    from lmforge.model.stage import load_model
+    from lmforge.model.io import load_model
     from lmforge.registry import Workspace
 
     ws = Workspace.open(args.workspace)

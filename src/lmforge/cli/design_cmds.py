@@ -9,11 +9,11 @@ import typer
 
 from lmforge.cli.app import app, console, workspace
 from lmforge.design.estimate import GPU_PEAK_FLOPS
-from lmforge.design.report import design_report, design_table
-from lmforge.design.spec import PRESETS, from_preset, load_toml
-from lmforge.design.stage import apply_overrides, register_design
+from lmforge.design.report import design_table
+from lmforge.design.spec import PRESETS, from_preset
+from lmforge.design.stage import DesignSettings
+from lmforge.design.stage import run as run_design
 from lmforge.errors import LmforgeError
-from lmforge.runtime import measure_matmul_peak
 
 
 @app.command(rich_help_panel="Lifecycle stages",
@@ -39,13 +39,15 @@ def design(
         raise LmforgeError("give exactly one of --preset or --file",
                            hint="e.g. lmforge design --preset tiny "
                                 f"(presets: {', '.join(PRESETS)})")
-    base = from_preset(preset) if preset is not None else load_toml(file)
-    design_ = apply_overrides(base, vocab_size=vocab_size, context_length=context_length)
-    peak = measure_matmul_peak() if benchmark else None
-    report = design_report(design_, batch_size, peak, gpu)
-    if register:
-        art, _ = register_design(workspace(), design_, batch_size, peak)
-        report["artifact"] = art.id
+    if preset is not None:
+        from_preset(preset)  # an unknown name is refused as a preset, not as a reference
+    if file is not None and not file.is_file():
+        raise LmforgeError(f"design file not found: {file}",
+                           hint="give a TOML file with a [model] table, or --preset")
+    settings = DesignSettings(preset if preset is not None else str(file),
+                              {"vocab_size": vocab_size, "context_length": context_length},
+                              batch_size, gpu, benchmark, register)
+    report = run_design(workspace(), settings).details
     if as_json:
         print(json.dumps(report, indent=2))
         return

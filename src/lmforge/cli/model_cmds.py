@@ -13,7 +13,9 @@ from lmforge.engine.sampling import SamplingParams
 from lmforge.errors import LmforgeError
 from lmforge.model.hf import DTYPES, export_hf, import_hf
 from lmforge.model.init import SCHEMES
-from lmforge.model.stage import init_stage, load_model
+from lmforge.model.io import load_model
+from lmforge.model.stage import InitSettings
+from lmforge.model.stage import run as run_init
 
 
 @app.command(rich_help_panel="Lifecycle stages",
@@ -27,9 +29,8 @@ def init(
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same weights."),
     vocab_size: int = typer.Option(None, help="Override the design's vocabulary size."),
 ) -> None:
-    art = init_stage(workspace(), design, tokenizer, scheme, seed, vocab_size)
-    console.print(f"model [bold]{art.id}[/] ({art.metrics['params']:,} parameters), "
-                  "state initialized")
+    out = run_init(workspace(), InitSettings(design, tokenizer, scheme, seed, vocab_size))
+    console.print(f"[bold]{out.artifact.id}[/]: {out.summary}")
 
 
 @app.command(rich_help_panel="Use and move models",

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import typer
 
-from lmforge._toml import tomllib
+from lmforge._toml import load_toml_file
 from lmforge.cli.app import app, console, workspace
 from lmforge.data.stage import tokenize_stage
 from lmforge.errors import LmforgeError
 from lmforge.train.loop import Interrupted
-from lmforge.train.settings import TrainSettings
-from lmforge.train.stage import pretrain_stage
+from lmforge.train.stage import PretrainSettings, resume_values
+from lmforge.train.stage import run as run_pretrain
 
 PANEL = "Lifecycle stages"
 
@@ -87,29 +87,13 @@ def pretrain(
                                           "settings."),
 ) -> None:
     ws = workspace()
-    values: dict = {}
-    if resume is not None:
-        run_file = ws.runs_dir / resume / "run.json"
-        if not run_file.is_file():
-            raise LmforgeError(f"no run '{resume}' in {ws.runs_dir}",
-                               hint=f"see the folders in {ws.runs_dir}")
-        saved = json.loads(run_file.read_text())
-        for flag, given in (("model", model), ("data", data)):
-            if given is not None and ws.record(given).id != saved[flag]:
-                raise LmforgeError(
-                    f"run {resume} trains {flag} {saved[flag]}, not {ws.record(given).id}",
-                    hint=f"drop --{flag} to resume, or start a new run without --resume")
-        model, data, values = saved["model"], saved["data"], dict(saved["settings"])
-    if model is None or data is None:
+    values: dict = resume_values(ws, resume, model, data) if resume is not None else {}
+    if resume is None:
+        values.update(model=model, data=data)
+    if values.get("model") is None or values.get("data") is None:
         raise LmforgeError("pretrain needs --model and --data (or --resume RUN)")
     if config is not None:
-        try:
-            with open(config, "rb") as f:
-                values.update(tomllib.load(f).get("train", {}))
-        except FileNotFoundError:
-            raise LmforgeError(f"config file not found: {config}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise LmforgeError(f"{config}: malformed TOML: {e}") from None
+        values.update(load_toml_file(Path(config), "config file").get("train", {}))
     flags = dict(steps=steps, epochs=epochs, batch_tokens=batch_tokens, micro_batch=micro_batch,
                  seq_len=seq_len, lr=lr, optimizer=optimizer, schedule=schedule,
                  warmup_steps=warmup_steps, eval_every=eval_every,
@@ -119,12 +103,10 @@ def pretrain(
     values.update({k: v for k, v in flags.items() if v is not None})
     if tokens is not None:
         values["tokens"] = parse_count(tokens)
-    settings = TrainSettings.from_dict(values, where="pretrain settings")
+    settings = PretrainSettings.from_dict(values, "pretrain settings", Path.cwd())
     try:
-        art, result = pretrain_stage(ws, model, data, settings)
+        out = run_pretrain(ws, settings)
     except Interrupted as e:
         console.print(f"{e}; continue with the same command or --resume")
         raise typer.Exit(130) from None
-    bpb = f", val bpb {art.metrics['val_bpb']:.3f}" if "val_bpb" in art.metrics else ""
-    console.print(f"model [bold]{art.id}[/] (pretrained): {result.steps} steps, "
-                  f"{result.tokens:,} tokens, val loss {result.val_loss:.3f}{bpb}")
+    console.print(f"model [bold]{out.artifact.id}[/] (pretrained): {out.summary}")

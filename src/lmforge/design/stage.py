@@ -1,7 +1,9 @@
-"""Stage 1 as a recipe step: resolve a design from a preset/file/artifact and register it."""
+"""Stage 1: a design from a preset, a TOML file or a design artifact, with overrides; its cost
+report; registered as a `design` artifact."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +11,34 @@ from lmforge.design.report import design_report
 from lmforge.design.spec import PRESETS, ModelDesign, from_dict, from_preset, load_toml, to_toml
 from lmforge.errors import LmforgeError
 from lmforge.registry import Artifact, Workspace, atomic_write_json, atomic_write_text
-from lmforge.runtime import MatmulPeak
+from lmforge.runtime import MatmulPeak, measure_matmul_peak
+from lmforge.stage import Outcome
 
 DESIGN_FILE = "design.toml"
+
+
+@dataclass(frozen=True)
+class DesignSettings:
+    source: str  # a preset name, a design TOML file, or a design artifact reference
+    overrides: dict[str, Any] = field(default_factory=dict)  # design fields to replace
+    batch_size: int = 8  # micro-batch of the memory estimate
+    gpu: str | None = None  # also estimate time on this GPU class
+    benchmark: bool = True  # measure this machine's matmul peak for the time estimate
+    register: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> DesignSettings:
+        """A recipe step: `preset` or `file` (relative to the recipe), other keys override
+        design fields (n_layers = 6, ...)."""
+        values = dict(values)
+        preset, file = values.pop("preset", None), values.pop("file", None)
+        if (preset is None) == (file is None):
+            raise LmforgeError(f"{where}: give exactly one of preset or file",
+                               hint=f"presets: {', '.join(PRESETS)}")
+        if preset is not None:
+            from_preset(preset)  # an unknown name is refused as a preset, not as a reference
+        return cls(preset if preset is not None else str(base_dir / file), overrides=values,
+                   benchmark=False)
 
 
 def design_from_artifact(art: Artifact) -> ModelDesign:
@@ -61,3 +88,15 @@ def register_design(ws: Workspace, design: ModelDesign, batch_size: int = 8,
     # The report holds a machine-specific measurement, so it lives beside, not inside, the id.
     atomic_write_json(ws.root / "reports" / f"{art.id}.json", report)
     return art, report
+
+
+def run(ws: Workspace, s: DesignSettings, show_progress: bool = True) -> Outcome:
+    """Resolve the design, report its costs, and register it (unless told not to)."""
+    design, _ = resolve_design(ws, s.source, **s.overrides)
+    peak = measure_matmul_peak() if s.benchmark else None
+    report = design_report(design, s.batch_size, peak, s.gpu)
+    art = None
+    if s.register:
+        art, _ = register_design(ws, design, s.batch_size, peak)
+        report["artifact"] = art.id
+    return Outcome(art, f"{design.name}: {report['params']['total']:,} parameters", report)

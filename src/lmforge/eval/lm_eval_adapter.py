@@ -91,7 +91,7 @@ def _load(pretrained: str | Path, workspace: str | Path | None, device: str,
           dtype: torch.dtype) -> tuple[Transformer, Tokenizer]:
     """A plain model directory, or an artifact reference resolved in a workspace."""
     from lmforge.model.io import load_model_dir
-    from lmforge.model.stage import load_model
+    from lmforge.model.io import load_model
     from lmforge.registry import Workspace
 
     path = Path(pretrained).expanduser()

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 from rich.table import Table
 
 from lmforge.engine.generate import complete
 from lmforge.engine.sampling import SamplingParams
-from lmforge.model.stage import load_model
+from lmforge.model.io import load_model
 from lmforge.registry import Workspace
+from lmforge.stage import Outcome, check_keys
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    models: list[str]
+    prompt: str = "What does os.path.join do?"
+    max_tokens: int = 48
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> CompareSettings:
+        check_keys(values, where, required=("models",), optional=("prompt", "max_tokens", "seed"))
+        return cls(**values)
 
 
 def sample_text(ws: Workspace, model_ref: str, prompt: str, max_tokens: int, seed: int) -> str:
@@ -17,13 +34,12 @@ def sample_text(ws: Workspace, model_ref: str, prompt: str, max_tokens: int, see
     return complete(model, tok, prompt, params)
 
 
-def compare_samples(ws: Workspace, models: list[str], prompt: str, max_tokens: int, seed: int,
-                    console: Console) -> dict[str, str]:
-    texts = {m: sample_text(ws, m, prompt, max_tokens, seed) for m in models}
-    table = Table(title=f"after {prompt!r}", show_lines=True)
-    for m in models:
+def run(ws: Workspace, s: CompareSettings, show_progress: bool = True) -> Outcome:
+    """A table of what each model writes after the prompt (same seed for all)."""
+    texts = {m: sample_text(ws, m, s.prompt, s.max_tokens, s.seed) for m in s.models}
+    table = Table(title=f"after {s.prompt!r}", show_lines=True)
+    for m in s.models:
         rec = ws.record(m)
         table.add_column(f"{rec.id}\n({ws.state_of(rec.id) or rec.stage})", ratio=1)
-    table.add_row(*(prompt + texts[m] for m in models))
-    console.print(table)
-    return texts
+    table.add_row(*(s.prompt + texts[m] for m in s.models))
+    return Outcome(None, "samples side by side", details=texts, show=table)

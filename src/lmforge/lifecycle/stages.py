@@ -22,15 +22,18 @@ from lmforge.data.stage import (
     tokenize_stage,
     train_tokenizer_stage,
 )
-from lmforge.design.spec import from_preset, load_toml
-from lmforge.design.stage import apply_overrides, register_design
+from lmforge.design.stage import DesignSettings
+from lmforge.design.stage import run as run_design
 from lmforge.errors import LmforgeError
 from lmforge.eval.stage import eval_stage
-from lmforge.lifecycle.compare import compare_samples
-from lmforge.model.stage import init_stage
+from lmforge.lifecycle.compare import CompareSettings
+from lmforge.lifecycle.compare import run as run_compare
+from lmforge.model.stage import InitSettings
+from lmforge.model.stage import run as run_init
 from lmforge.registry import Workspace
-from lmforge.train.settings import TrainSettings
-from lmforge.train.stage import pretrain_stage
+from lmforge.stage import Outcome, check_keys
+from lmforge.train.stage import PretrainSettings
+from lmforge.train.stage import run as run_pretrain
 
 
 @dataclass
@@ -47,20 +50,8 @@ class StepOutput:
     summary: str
 
 
-def _take(params: dict[str, Any], step: str, required: tuple[str, ...] = (),
-          optional: tuple[str, ...] = ()) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(required) - set(optional))
-    if unknown:
-        raise LmforgeError(f"step '{step}': unknown setting(s) {', '.join(unknown)}",
-                           hint=f"valid: {', '.join(required + optional)}")
-    missing = [k for k in required if k not in params]
-    if missing:
-        raise LmforgeError(f"step '{step}': missing setting(s) {', '.join(missing)}")
-    return params
-
-
 def corpus(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
-    _take(p, step, optional=("source",))
+    check_keys(p, f"step '{step}'", optional=("source",))
     if p.get("source", "pydocs") != "pydocs":
         raise LmforgeError(f"step '{step}': the only embedded corpus is 'pydocs'",
                            hint="use stage = \"files\" for your own data")
@@ -70,7 +61,7 @@ def corpus(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
 
 
 def files(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
-    _take(p, step, required=("paths",), optional=("text_field", "name", "split"))
+    check_keys(p, f"step '{step}'", required=("paths",), optional=("text_field", "name", "split"))
     paths = [str(ctx.base_dir / x) for x in
              (p["paths"] if isinstance(p["paths"], list) else [p["paths"]])]
     art = register_files(ctx.ws, paths, p.get("text_field", "text"), p.get("name", step),
@@ -80,7 +71,7 @@ def files(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
 
 
 def clean(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
-    _take(p, step, required=("data",), optional=("min_chars", "max_chars"))
+    check_keys(p, f"step '{step}'", required=("data",), optional=("min_chars", "max_chars"))
     art = clean_stage(ctx.ws, p["data"], **{k: v for k, v in p.items() if k != "data"})
     stats = art.metrics
     return StepOutput(art.id, f"kept {stats['kept']:,} of {stats['input']:,} documents "
@@ -106,48 +97,20 @@ def curate(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
 
 
 def tokenizer(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
-    _take(p, step, required=("data", "vocab_size"), optional=("min_frequency",))
+    check_keys(p, f"step '{step}'", required=("data", "vocab_size"), optional=("min_frequency",))
     art = train_tokenizer_stage(ctx.ws, [p["data"]], p["vocab_size"],
                                 p.get("min_frequency", 2), show_progress=False)
     return StepOutput(art.id, f"byte-level BPE, {art.metrics['vocab_size']} tokens")
 
 
-def design(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
-    p = dict(p)
-    preset, file = p.pop("preset", None), p.pop("file", None)
-    if (preset is None) == (file is None):
-        raise LmforgeError(f"step '{step}': give exactly one of preset or file")
-    base = from_preset(preset) if preset else load_toml(ctx.base_dir / file)
-    art, report = register_design(ctx.ws, apply_overrides(base, **p))
-    return StepOutput(art.id, f"{art.name}: {report['params']['total']:,} parameters")
-
-
-def init(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
-    _take(p, step, required=("design", "tokenizer"), optional=("scheme", "seed"))
-    art = init_stage(ctx.ws, p["design"], p["tokenizer"], p.get("scheme", "gpt2"),
-                     p.get("seed", 0))
-    return StepOutput(art.id, f"model v0, {art.metrics['params']:,} parameters")
-
-
 def tokenize(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
-    _take(p, step, required=("data", "tokenizer"), optional=("val_fraction", "seed", "val_data"))
+    check_keys(p, f"step '{step}'", required=("data", "tokenizer"),
+               optional=("val_fraction", "seed", "val_data"))
     art = tokenize_stage(ctx.ws, p["data"], p["tokenizer"], p.get("val_fraction"),
                          p.get("seed", 0), show_progress=ctx.show_progress,
                          val_data=p.get("val_data"))
     m = art.metrics
     return StepOutput(art.id, f"{m['train_tokens']:,} train / {m['val_tokens']:,} val tokens")
-
-
-def pretrain(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
-    p = dict(p)
-    model, data = p.pop("model", None), p.pop("data", None)
-    if model is None or data is None:
-        raise LmforgeError(f"step '{step}': pretrain needs model and data")
-    settings = TrainSettings.from_dict(p, where=f"step '{step}'")
-    art, result = pretrain_stage(ctx.ws, model, data, settings, show_progress=ctx.show_progress)
-    bpb = f", val bpb {art.metrics['val_bpb']:.3f}" if "val_bpb" in art.metrics else ""
-    return StepOutput(art.id, f"{result.steps} steps, {result.tokens:,} tokens in "
-                              f"{result.seconds:.0f} s; val loss {result.val_loss:.3f}{bpb}")
 
 
 def _headline(metrics: dict[str, Any]) -> tuple[str, Any]:
@@ -159,7 +122,7 @@ def _headline(metrics: dict[str, Any]) -> tuple[str, Any]:
 
 
 def evaluation(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
-    _take(p, step, required=("model",),
+    check_keys(p, f"step '{step}'", required=("model",),
           optional=("suite", "tasks", "gates", "limit", "batch_size", "seed", "data_root",
                     "max_new_tokens"))
     settings = {k: v for k, v in p.items() if k not in ("model", "tasks", "data_root")}
@@ -177,15 +140,23 @@ def evaluation(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
     return StepOutput(art.id, shown + verdict)
 
 
-def compare(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
-    _take(p, step, required=("models",), optional=("prompt", "max_tokens", "seed"))
-    compare_samples(ctx.ws, p["models"], p.get("prompt", "What does os.path.join do?"),
-                    p.get("max_tokens", 48), p.get("seed", 0), ctx.console)
-    return StepOutput(None, "samples side by side")
+def seam(settings_type: Any, run: Callable[..., Outcome]
+         ) -> Callable[[Context, str, dict[str, Any]], StepOutput]:
+    """A recipe step of a stage that exports settings (from_dict) and a run function."""
+
+    def step(ctx: Context, name: str, params: dict[str, Any]) -> StepOutput:
+        settings = settings_type.from_dict(params, f"step '{name}'", ctx.base_dir)
+        out = run(ctx.ws, settings, show_progress=ctx.show_progress)
+        if out.show is not None:
+            ctx.console.print(out.show)
+        return StepOutput(out.artifact.id if out.artifact else None, out.summary)
+
+    return step
 
 
 STAGES: dict[str, Callable[[Context, str, dict[str, Any]], StepOutput]] = {
     "corpus": corpus, "files": files, "clean": clean, "curate": curate, "tokenizer": tokenizer,
-    "design": design, "init": init, "tokenize": tokenize, "pretrain": pretrain,
-    "eval": evaluation, "compare": compare,
+    "design": seam(DesignSettings, run_design), "init": seam(InitSettings, run_init),
+    "tokenize": tokenize, "pretrain": seam(PretrainSettings, run_pretrain),
+    "eval": evaluation, "compare": seam(CompareSettings, run_compare),
 }

@@ -14,11 +14,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lmforge.design.estimate import count_params
 from lmforge.design.spec import ModelDesign
 from lmforge.errors import LmforgeError
 from lmforge.model.hf_config import design_to_hf_config, hf_config_to_design
 from lmforge.model.transformer import Transformer
-from lmforge.registry import atomic_write_json, atomic_write_text
+from lmforge.registry import Artifact, Workspace, atomic_write_json, atomic_write_text
 from lmforge.tokenizer import Tokenizer, hf_tokenizer_files
 
 WEIGHTS = "model.safetensors"
@@ -131,3 +132,26 @@ def copy_model_dir(src: Path, out: Path) -> list[str]:
             shutil.copyfile(f, out / f.name)
             copied.append(f.name)
     return copied
+
+
+def model_card(design: ModelDesign, title: str, body: str) -> str:
+    """MODEL_CARD.md of a model directory: what it is, how it was made, its shape."""
+    p = count_params(design)
+    return (f"# {title}\n\n{body}\n\n"
+            f"- architecture: Llama-style decoder (RMSNorm, RoPE, SwiGLU, GQA), "
+            f"{design.n_layers} layers, d_model {design.d_model}, {design.n_heads} heads "
+            f"({design.n_kv_heads} kv), FFN {design.ffn_hidden}\n"
+            f"- parameters: {p.total:,}\n- vocab {design.vocab_size}, context "
+            f"{design.context_length}\n- loads in transformers as LlamaForCausalLM\n")
+
+
+def load_model(ws: Workspace, ref: str, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32
+               ) -> tuple[Transformer, Tokenizer, Artifact | None]:
+    """A model artifact (checksums verified) or a plain model directory (no artifact)."""
+    if Path(ref).is_dir() and not (Path(ref) / "manifest.json").exists():
+        model, tok = load_model_dir(Path(ref), device, dtype)
+        return model, tok, None
+    art = ws.resolve(ref, kind="model")
+    model, tok = load_model_dir(art.path, device, dtype)
+    return model, tok, art

@@ -4,7 +4,11 @@ folder with checkpoints and metrics -> a registered model artifact."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -13,13 +17,13 @@ from lmforge.data.shards import TokenShards
 from lmforge.engine.generate import complete
 from lmforge.engine.sampling import SamplingParams
 from lmforge.errors import LmforgeError
-from lmforge.model.io import load_model_dir, save_model_dir
-from lmforge.model.stage import model_card
+from lmforge.model.io import load_model_dir, model_card, save_model_dir
 from lmforge.model.transformer import Transformer
-from lmforge.registry import Artifact, Workspace, atomic_write_json
+from lmforge.registry import Workspace, atomic_write_json
+from lmforge.stage import Outcome
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.batches import TokenWindows
-from lmforge.train.loop import Interrupted, TrainResult, train
+from lmforge.train.loop import Interrupted, train
 from lmforge.train.objectives import NextToken
 from lmforge.train.settings import TrainSettings
 
@@ -60,11 +64,46 @@ def check_inputs(model: Transformer, train_src: TokenShards, val_src: TokenShard
                                hint="give more data or a shorter --seq-len")
 
 
-def pretrain_stage(ws: Workspace, model_ref: str, tokens_ref: str, s: TrainSettings,
-                   show_progress: bool = True, prompts: tuple[str, ...] = SAMPLE_PROMPTS,
-                   on_step=None) -> tuple[Artifact, TrainResult]:
-    base = ws.resolve(model_ref, kind="model")
-    data = ws.resolve(tokens_ref, kind="tokens")
+@dataclass(frozen=True)
+class PretrainSettings:
+    model: str  # the model to start from (v0, or a model to continue)
+    data: str  # a tokens artifact
+    train: TrainSettings
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> PretrainSettings:
+        values = dict(values)
+        model, data = values.pop("model", None), values.pop("data", None)
+        if model is None or data is None:
+            raise LmforgeError(f"{where}: pretrain needs model and data",
+                               hint='e.g. model = "@init", data = "@tokens"')
+        return cls(model, data, TrainSettings.from_dict(values, where=where))
+
+
+def resume_values(ws: Workspace, run_id: str, model: str | None = None,
+                  data: str | None = None) -> dict[str, Any]:
+    """The model, data and settings a run was started with (runs/<id>/run.json), refusing a
+    model or data that differs from the run's."""
+    run_file = ws.runs_dir / run_id / "run.json"
+    if not run_file.is_file():
+        raise LmforgeError(f"no run '{run_id}' in {ws.runs_dir}",
+                           hint=f"see the folders in {ws.runs_dir}")
+    saved = json.loads(run_file.read_text())
+    for flag, given in (("model", model), ("data", data)):
+        if given is not None and ws.record(given).id != saved[flag]:
+            raise LmforgeError(
+                f"run {run_id} trains {flag} {saved[flag]}, not {ws.record(given).id}",
+                hint=f"drop --{flag} to resume, or start a new run without --resume")
+    return {"model": saved["model"], "data": saved["data"], **saved["settings"]}
+
+
+def run(ws: Workspace, settings: PretrainSettings, show_progress: bool = True,
+        prompts: tuple[str, ...] = SAMPLE_PROMPTS, on_step=None) -> Outcome:
+    """Train (resuming the run's checkpoint if there is one) and register the base model; the
+    outcome's details are the TrainResult."""
+    s = settings.train
+    base = ws.resolve(settings.model, kind="model")
+    data = ws.resolve(settings.data, kind="tokens")
     model, tok = load_model_dir(base.path)
     train_src, val_src = TokenShards(data.path, "train"), TokenShards(data.path, "val")
     check_inputs(model, train_src, val_src, s, data.id)
@@ -103,4 +142,6 @@ def pretrain_stage(ws: Workspace, model_ref: str, tokens_ref: str, s: TrainSetti
                                       if "tokenizer" in base.parents else {})},
                           settings=s.to_dict(), metrics=metrics, state="pretrained",
                           name=f"{model.design.name}-pretrained")
-    return art, result
+    bpb = f", val bpb {metrics['val_bpb']:.3f}" if "val_bpb" in metrics else ""
+    return Outcome(art, f"{result.steps} steps, {result.tokens:,} tokens in "
+                        f"{result.seconds:.0f} s; val loss {result.val_loss:.3f}{bpb}", result)
