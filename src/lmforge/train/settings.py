@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.errors import LmforgeError
+from lmforge.stage import check_keys
 from lmforge.train.optim import OPTIMIZERS
 from lmforge.train.schedule import SCHEDULES
 
@@ -80,11 +81,8 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str) -> TrainSettings:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise LmforgeError(f"{where}: unknown training setting(s) {', '.join(unknown)}",
-                               hint=f"valid: {', '.join(sorted(fields))}")
+        check_keys(values, f"{where} (training)", optional=(f.name for f in
+                                                           dataclasses.fields(cls)))
         try:
             return cls(**values)
         except TypeError as e:
