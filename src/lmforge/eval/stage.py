@@ -25,7 +25,7 @@ from lmforge.eval.suites import (
     select_builtin,
 )
 from lmforge.eval.tasks import load_tasks_toml
-from lmforge.model.stage import load_model
+from lmforge.model.io import load_model
 from lmforge.registry import Artifact, Workspace, atomic_write_json, atomic_write_text
 from lmforge.runtime import resolve_device
 
