@@ -1,17 +1,26 @@
-"""What a training run shows and keeps: a progress bar and a JSONL metrics log
-(plus TensorBoard event files where the tensorboard package is installed)."""
+"""What a training run shows and keeps: a progress bar on a terminal, plain progress lines
+where stdout is not one (a log file, CI, nohup), and a JSONL metrics log (plus TensorBoard
+event files where the tensorboard package is installed)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from lmforge.errors import LmforgeError
 from lmforge.registry import atomic_write_text
+
+INTERVAL_ENV = "LMFORGE_PROGRESS_INTERVAL"
+DEFAULT_INTERVAL_S = 30.0
 
 
 class MetricsLog:
@@ -54,17 +63,115 @@ def _tensorboard_writer(folder: Path):
     return SummaryWriter(str(folder))
 
 
-class TrainProgress:
-    """A rich progress bar with loss, tokens/s, MFU and ETA; eval lines printed above it."""
+def progress_interval() -> float:
+    """Seconds between plain progress lines: $LMFORGE_PROGRESS_INTERVAL, else 30."""
+    text = os.environ.get(INTERVAL_ENV, "").strip()
+    if not text:
+        return DEFAULT_INTERVAL_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise LmforgeError(f"{INTERVAL_ENV}={text!r} is not a number of seconds",
+                           hint=f"set seconds between progress lines, e.g. {INTERVAL_ENV}=30 "
+                                "(0: every step)")
+    return seconds
 
-    def __init__(self, total: int, start: int, enabled: bool = True):
+
+def is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or already closed
+        return False
+
+
+def clock_time(seconds: float) -> str:
+    """1:02:03 or 4:05, like the bar's elapsed and ETA columns."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class PlainProgress:
+    """Progress as plain lines for logs: the first step, then one line per `interval` seconds
+    of wall time, the last step, and wherever the run stops. Each line reads
+    `train step 120/1000 (12%) loss 3.4120 val loss 3.5010 45,120 tok/s MFU 31.0% elapsed 1:02
+    ETA 8:44` (one line; `val loss`, the latest, once there is one). Tokens/s and MFU are
+    averages since the previous line: one step's speed swings too much to stand for 30 s."""
+
+    def __init__(self, total: int, start: int, stream: TextIO, interval: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.total, self.start, self.stream, self.interval = total, start, stream, interval
+        self.clock = clock
+        self.began = clock()
+        self.printed_at: float | None = None
+        self.last: dict[str, Any] | None = None
+        self.last_printed = False
+        self.val_loss: float | None = None
+        self.mark: tuple[float, float] | None = None  # (tokens, train seconds) at the last line
+
+    def update(self, r: dict[str, Any]) -> None:
+        self.last, self.last_printed = r, False
+        if "val_loss" in r:
+            self.val_loss = r["val_loss"]
+        now = self.clock()
+        if (self.printed_at is None or now - self.printed_at >= self.interval
+                or r["step"] >= self.total):
+            self._print(r, now)
+
+    def close(self) -> None:
+        """Where a run stops before its last step (early stop, Ctrl-C, an error), the log
+        still ends with where it stood."""
+        if self.last is not None and not self.last_printed:
+            self._print(self.last, self.clock())
+
+    def line(self, r: dict[str, Any], now: float) -> str:
+        step = r["step"]
+        elapsed = now - self.began
+        rate = (step - self.start) / elapsed if elapsed > 0 else 0.0  # steps per second here
+        eta = clock_time((self.total - step) / rate) if rate > 0 else "?"
+        val = f" val loss {self.val_loss:.4f}" if self.val_loss is not None else ""
+        speed, mfu = r["tokens_per_s"], r["mfu"]
+        if self.mark is not None and "tokens" in r and "elapsed_s" in r:
+            seconds = r["elapsed_s"] - self.mark[1]
+            if seconds > 0 and speed > 0:
+                average = (r["tokens"] - self.mark[0]) / seconds
+                speed, mfu = average, mfu * average / speed  # MFU is proportional to speed
+        return (f"train step {step}/{self.total} ({100 * step // max(1, self.total)}%) "
+                f"loss {r['loss']:.4f}{val} {speed:,.0f} tok/s "
+                f"MFU {mfu:.1%} elapsed {clock_time(elapsed)} ETA {eta}")
+
+    def _print(self, r: dict[str, Any], now: float) -> None:
+        self.stream.write(self.line(r, now) + "\n")
+        self.stream.flush()  # a log tailed while the run goes on shows it now
+        self.printed_at, self.last_printed = now, True
+        if "tokens" in r and "elapsed_s" in r:
+            self.mark = (r["tokens"], r["elapsed_s"])
+
+
+class TrainProgress:
+    """A rich progress bar with loss, tokens/s, MFU and ETA on a terminal (stderr); eval lines
+    printed above it. Where stdout is not a terminal, plain lines go to it every
+    $LMFORGE_PROGRESS_INTERVAL seconds (30 by default) as well. LMFORGE_NO_PROGRESS, or
+    `enabled=False`, silences both."""
+
+    def __init__(self, total: int, start: int, enabled: bool = True,
+                 stream: TextIO | None = None, interval: float | None = None):
         self.console = Console(stderr=True)
         self.enabled = enabled and not os.environ.get("LMFORGE_NO_PROGRESS")
+        out = sys.stdout if stream is None else stream
+        self.plain = None
+        if self.enabled and not is_terminal(out):
+            self.plain = PlainProgress(total, start, out,
+                                       progress_interval() if interval is None else interval)
+        # Off a terminal the bar only prints its last state at the end; the lines say more.
+        show_bar = self.enabled and (self.plain is None or self.console.is_terminal)
         self.bar = Progress(
             TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
             TextColumn("MFU {task.fields[mfu]}"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=self.console, disable=not self.enabled)
+            TimeRemainingColumn(), console=self.console, disable=not show_bar)
         self.task = self.bar.add_task("train", total=total, completed=start, loss="-",
                                       speed="-", mfu="-")
 
@@ -74,10 +181,14 @@ class TrainProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.bar.__exit__(*exc)
+        if self.plain is not None:
+            self.plain.close()
 
     def update(self, r: dict[str, Any]) -> None:
         self.bar.update(self.task, completed=r["step"], loss=f"{r['loss']:.3f}",
                         speed=f"{r['tokens_per_s']:,.0f}", mfu=f"{r['mfu']:.0%}")
+        if self.plain is not None:
+            self.plain.update(r)
 
     def note(self, r: dict[str, Any]) -> None:
         if self.enabled:
