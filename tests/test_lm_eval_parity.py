@@ -4,8 +4,15 @@ The parity tests score the same multiple-choice items three ways on one briefly 
 model: lmforge's runner (`lmforge.eval.runner.evaluate`), lm-eval's `simple_evaluate` with
 `LmforgeLM` on YAML tasks over the same items, and lm-eval with its own HF backend (`HFLM`)
 on the model exported by `lmforge.model.hf.export_hf`. lmforge starts every context with
-BOS (our models are trained on BOS-separated documents); HFLM does the same with
-`add_bos_token=True`, so all three condition on identical token sequences.
+BOS (our models are trained on BOS-separated documents); HFLM does so only with
+`add_bos_token=True` (its default adds none on the exported model), so the HFLM runs here
+pass it explicitly and all three condition on identical token sequences.
+
+Tolerances: the same request scored in different batches, paddings or thread counts (or by
+another library's kernels) differs in fp32 summation order only, so scores are compared
+within a stated tolerance and never with ==. A multiple-choice decision (acc, acc_norm) is
+an argmax of such scores: it may differ only on an item whose top two candidates are closer
+than twice that tolerance, and the tests allow exactly those.
 """
 
 from __future__ import annotations
@@ -46,6 +53,13 @@ from lmforge.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 DESIGN = ModelDesign(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=1024,
                      context_length=512, name="parity")
+# lmforge's scorer against itself in another batch composition: fp32 rounding, ~1e-7 per
+# log-prob (6e-7 measured on a sum of ~9 tokens with 2 threads against 1; 5e-6 on HellaSwag
+# endings of -100 and below), so 1e-5 plus 1e-6 of the value.
+SAME_ABS, SAME_REL = 1e-5, 1e-6
+# lm-eval's HF backend: the same fp32 math through transformers' kernels, about 1e-4 on a
+# short continuation and growing with its length (PIQA's run to ~100 tokens), hence relative.
+HF_ABS, HF_REL = 1e-4, 1e-6
 _BUILT: dict[str, object] = {}  # the trained model, built once for the whole file
 
 
@@ -132,24 +146,36 @@ def test_the_model_is_trained_not_uniform(built):
     assert loss < math.log(DESIGN.vocab_size) - 1.5  # well below a uniform guess (6.93)
 
 
-def test_loglikelihood_is_lmforges_own_scorer(built):
+def _close(got, want):
+    """Two lists of (loglikelihood, greedy) within SAME_ABS/SAME_REL; greedy flags equal (an
+    argmax over the vocabulary flips only where two logits tie within ~1e-6; these
+    requests' do not)."""
+    assert len(got) == len(want)
+    for (a, ga), (b, gb) in zip(got, want, strict=True):
+        assert a == pytest.approx(b, rel=SAME_REL, abs=SAME_ABS) and ga == gb
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_loglikelihood_is_lmforges_own_scorer(built, batch_size):
     from lmforge.eval.lm_eval_adapter import LmforgeLM
 
     model, tok = built["model"], built["tok"]
-    lm = LmforgeLM(model=model, tokenizer=tok, batch_size=4)
+    lm = LmforgeLM(model=model, tokenizer=tok, batch_size=batch_size)
     pairs = [("Once upon a time", " there was a girl."), ("The dog ran ", "to the park."),
              ("", "Lily smiled."), ("Tom said", " hi")]
     got = lm.loglikelihood([Req(c, x) for c, x in pairs], disable_tqdm=True)
-    want = LoglikelihoodScorer(model, 2).loglikelihood(
-        [encode_pair(tok, c, x) for c, x in pairs])
-    assert got == want
+    encoded = [encode_pair(tok, c, x) for c, x in pairs]
+    # The adapter's numbers are the scorer's, whatever either one's batch size: equal up to
+    # fp32 summation order (SAME_ABS, SAME_REL), not bit for bit.
+    for size in (1, 2, 32):
+        _close(got, LoglikelihoodScorer(model, size).loglikelihood(encoded))
     # Independent check of the first pair: summed log-probs from full logits.
     ctx, cont = encode_pair(tok, *pairs[0])
     ids = torch.tensor([ctx + cont])
     with torch.no_grad():
         logp = model(ids[:, :-1]).log_softmax(-1)[0]
     naive = sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
-    assert got[0][0] == pytest.approx(naive, abs=1e-4)
+    assert got[0][0] == pytest.approx(naive, abs=1e-4)  # full logits: other kernels again
     assert all(isinstance(g, bool) for _, g in got)
 
 
@@ -168,8 +194,10 @@ def test_loglikelihood_rolling_scores_the_whole_text_after_bos(built):
     got = lm.loglikelihood_rolling([Req(short), Req(long)], disable_tqdm=True)
     assert got[0] == pytest.approx(naive, abs=1e-3)
     assert len(tok.encode(long)) > DESIGN.context_length
+    # Several windows of up to 512 tokens each: fp32 rounding grows with the token count.
     assert got[1] == pytest.approx(
-        LoglikelihoodScorer(model).rolling_loglikelihood([tok.encode(long)])[0])
+        LoglikelihoodScorer(model, batch_size=3).rolling_loglikelihood([tok.encode(long)])[0],
+        rel=1e-6, abs=1e-3)
     assert got[1] < got[0] < 0
 
 
@@ -203,8 +231,10 @@ def test_loads_from_a_workspace_artifact_and_an_exported_folder(built):
     want = LmforgeLM(model=built["model"], tokenizer=built["tok"]).loglikelihood(pair, True)
     by_ref = LmforgeLM(pretrained=built["art_id"], workspace=str(built["ws"]))
     by_dir = LmforgeLM(pretrained=str(built["hf"]), batch_size="auto")
-    assert by_ref.loglikelihood(pair, True) == want
-    assert by_dir.loglikelihood(pair, True) == want
+    # The same weights (read back from files) and the same request: equal up to fp32
+    # summation order, which a reloaded tensor's memory layout may change.
+    _close(by_ref.loglikelihood(pair, True), want)
+    _close(by_dir.loglikelihood(pair, True), want)
 
 
 def test_user_mistakes_are_clear_errors(built, shared_data, tmp_path):
@@ -235,10 +265,45 @@ def test_user_mistakes_are_clear_errors(built, shared_data, tmp_path):
         run_lm_eval(str(built["hf"]), tmp_path, ["other"])
 
 
+def test_hflm_needs_add_bos_token_for_lmforges_numbers(built):
+    """The promise the README makes: HFLM on the exported model gives lmforge's scores with
+    `add_bos_token=True`; with lm-eval's default it scores the text without BOS and
+    differs."""
+    pytest.importorskip("accelerate")  # lm-eval's HF backend needs it (lm_eval[hf])
+    from lm_eval.models.huggingface import HFLM
+
+    from lmforge.eval.lm_eval_adapter import LmforgeLM
+
+    reqs = [Req("Once upon a time", " there was a girl."), Req("The dog ran", " to the park.")]
+    ours = LmforgeLM(model=built["model"], tokenizer=built["tok"]).loglikelihood(reqs, True)
+    hf = str(built["hf"])
+    with_bos = HFLM(pretrained=hf, device="cpu", dtype="float32", add_bos_token=True)
+    default = HFLM(pretrained=hf, device="cpu", dtype="float32")
+    got = with_bos.loglikelihood(reqs, disable_tqdm=True)
+    plain = default.loglikelihood(reqs, disable_tqdm=True)
+    for (a, _), (b, _), (c, _) in zip(ours, got, plain, strict=True):
+        assert b == pytest.approx(a, rel=HF_REL, abs=HF_ABS)  # HF's kernels, fp32
+        assert abs(c - a) > 100 * HF_ABS  # another token sequence, not rounding
+
+
 # ---- parity: lmforge's runner, lm-eval + LmforgeLM, lm-eval + HFLM ------------------------
+
+def _near_tie(lls: list[float], lengths: list[float], tol: float) -> bool:
+    """Whether an error of `tol` per log-likelihood could change the item's argmax of totals
+    (acc) or of totals per character (acc_norm)."""
+    def tied(values: list[float], err: list[float]) -> bool:
+        best = max(range(len(values)), key=values.__getitem__)
+        return any(j != best and values[best] - values[j] <= err[best] + err[j]
+                   for j in range(len(values)))
+    return (tied(lls, [tol] * len(lls))
+            or tied([x / n for x, n in zip(lls, lengths, strict=True)],
+                    [tol / n for n in lengths]))
+
 
 def _parity(built: dict, shared_data: Path, names: tuple[str, ...], n: int) -> dict:
     pytest.importorskip("accelerate")  # lm-eval's HF backend needs it (lm_eval[hf])
+    from lm_eval.models.huggingface import HFLM
+
     model, tok = built["model"], built["tok"]
     tasks = _mc_tasks(shared_data, names, n)
     ours = evaluate(model, tok, tasks, EvalSettings(batch_size=32, add_bos=True),
@@ -246,37 +311,54 @@ def _parity(built: dict, shared_data: Path, names: tuple[str, ...], n: int) -> d
     yaml_dir = built["root"] / f"yamls_{n}_{'_'.join(names)}"
     lm_names = write_task_yamls(tasks, yaml_dir)
     via_adapter = run_lm_eval((model, tok), yaml_dir, lm_names, batch_size=32)
-    via_hf = run_lm_eval(str(built["hf"]), yaml_dir, lm_names, batch_size=32, backend="hf")
+    # add_bos_token=True, explicitly: lm-eval's HF backend adds no BOS by default, while
+    # lmforge starts every context with BOS (as the model saw each document in training).
+    # Without it HFLM scores other token sequences and the numbers differ (see
+    # test_hflm_needs_add_bos_token_for_lmforges_numbers).
+    hflm = HFLM(pretrained=str(built["hf"]), device="cpu", dtype="float32", batch_size=32,
+                add_bos_token=True)
+    via_hf = run_lm_eval(hflm, yaml_dir, lm_names, batch_size=32, backend="hf")
     figures = {}
-    for name in names:
+    for task, name in zip(tasks, names, strict=True):
         mine = ours["tasks"][name]
         a = via_adapter["tasks"][lm_eval_task_name(name)]
         h = via_hf["tasks"][lm_eval_task_name(name)]
         assert mine["n"] == a["n"] == h["n"] == n
-        for metric in ("acc", "acc_norm"):
-            v = mine["metrics"][metric]["value"]
-            assert a["metrics"][metric]["value"] == pytest.approx(v, abs=1e-6), (name, metric)
-            assert h["metrics"][metric]["value"] == pytest.approx(v, abs=1e-6), (name, metric)
+        assert mine["skipped"]["n"] == 0  # every item fits the 512-token context
+        lengths = {item.index: [float(len(item.context + c if item.suffix is not None else c))
+                                for c in item.choices] for item in task.load_items()}
         worst_adapter = worst_hf = worst_hf_rel = 0.0
+        ties = {"adapter": 0, "hf": 0}  # items whose decision may flip within tolerance
         for x, y, z in zip(mine["items"], a["items"], h["items"], strict=True):
-            assert x["scores"] == y["scores"] == z["scores"], (name, x["index"])
             assert x["index"] == y["index"] == z["index"] and x["gold"] == y["gold"] == z["gold"]
-            for lx, ly, lz in zip(x["loglikelihoods"], y["loglikelihoods"],
-                                  z["loglikelihoods"], strict=True):
+            lx_all = x["loglikelihoods"]
+            largest = max(abs(v) for v in lx_all)
+            for other, tol, key in ((y, SAME_ABS + SAME_REL * largest, "adapter"),
+                                    (z, HF_ABS + HF_REL * largest, "hf")):
+                if other["scores"] != x["scores"]:
+                    assert _near_tie(lx_all, lengths[x["index"]], tol), (name, key, x["index"])
+                    ties[key] += 1
+            for lx, ly, lz in zip(lx_all, y["loglikelihoods"], z["loglikelihoods"],
+                                  strict=True):
                 worst_adapter = max(worst_adapter, abs(lx - ly))
+                assert ly == pytest.approx(lx, rel=SAME_REL, abs=SAME_ABS), (name, x["index"])
                 worst_hf = max(worst_hf, abs(lx - lz))
                 worst_hf_rel = max(worst_hf_rel, abs(lx - lz) / abs(lx))
-                # HF sums the same log-probs in fp32 through other kernels: about 1e-4 on a
-                # short continuation, growing with its length (PIQA's run to ~100 tokens).
-                assert lz == pytest.approx(lx, rel=1e-6, abs=1e-4), (name, x["index"])
-        # The adapter runs lmforge's own scorer (the runner rounds to 6 decimals).
-        assert worst_adapter < 1e-5, name
+                assert lz == pytest.approx(lx, rel=HF_REL, abs=HF_ABS), (name, x["index"])
+        # (The adapter runs lmforge's own scorer in lm-eval's batches, and the runner rounds
+        # to 6 decimals: the same numbers up to fp32 summation order, checked above.)
+        # Aggregates: equal, except for the items that were near ties (none so far).
+        for metric in ("acc", "acc_norm"):
+            v = mine["metrics"][metric]["value"]
+            for other, key in ((a, "adapter"), (h, "hf")):
+                assert other["metrics"][metric]["value"] == pytest.approx(
+                    v, abs=ties[key] / n + 1e-9), (name, metric, key)
         lls = [ll for item in mine["items"] for ll in item["loglikelihoods"]]
         assert len(set(lls)) > len(lls) // 2  # the model tells the choices apart
         figures[name] = {"n": n, "acc": mine["metrics"]["acc"]["value"],
                          "acc_norm": mine["metrics"]["acc_norm"]["value"],
                          "max_ll_diff_adapter": worst_adapter, "max_ll_diff_hf": worst_hf,
-                         "max_ll_rel_diff_hf": worst_hf_rel}
+                         "max_ll_rel_diff_hf": worst_hf_rel, "near_ties": ties}
     print("\nparity:", figures)
     return figures
 

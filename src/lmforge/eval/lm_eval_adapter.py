@@ -17,6 +17,13 @@ The numbers are lmforge's own: `loglikelihood` encodes each request with
 with `LoglikelihoodScorer`; `generate_until` decodes greedily through
 `lmforge.engine.generate`. lm-eval is the optional extra `eval`; `import lmforge` never
 imports it, only importing this module does.
+
+Parity with lm-eval's own HF backend: every context here starts with BOS (`add_bos`, default
+true), as our models saw every document in training. lm-eval's `HFLM` adds no BOS by default
+on a model exported with `lmforge export --format hf`, so it scores other token sequences;
+it gives these numbers (within fp32 rounding) only with `add_bos_token=True`:
+
+    lm_eval --model hf --model_args pretrained=EXPORT_DIR,add_bos_token=True --tasks ...
 """
 
 from __future__ import annotations
@@ -90,8 +97,7 @@ def _parse_batch_size(value: Any) -> int:
 def _load(pretrained: str | Path, workspace: str | Path | None, device: str,
           dtype: torch.dtype) -> tuple[Transformer, Tokenizer]:
     """A plain model directory, or an artifact reference resolved in a workspace."""
-    from lmforge.model.io import load_model_dir
-    from lmforge.model.io import load_model
+    from lmforge.model.io import load_model, load_model_dir
     from lmforge.registry import Workspace
 
     path = Path(pretrained).expanduser()
@@ -112,7 +118,8 @@ class LmforgeLM(LM):
     Build it from objects (`model=`, `tokenizer=`) or from `pretrained=` (a model directory,
     an exported HF folder, or an artifact id/alias in `workspace`, default $LMFORGE_HOME).
     `add_bos` (default true) starts every context with BOS, as our models saw every document
-    in training; lm-eval's HFLM does the same with `add_bos_token=True`.
+    in training; lm-eval's HFLM does so only with `add_bos_token=True` (its default adds no
+    BOS on an exported lmforge model), and matches these scores only then.
     """
 
     def __init__(self, pretrained: str | Path | None = None, *, model: Transformer | None = None,
