@@ -72,3 +72,37 @@ def test_training_loss_and_gradients_match_transformers(tie):
     hf_grads = dict(hf.named_parameters())
     for name, p in ours.named_parameters():
         assert torch.allclose(p.grad, hf_grads[name].grad, atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_export_then_import_keeps_every_tensor(tmp_path, tie):
+    """`lmforge export --format hf` then `lmforge import`, through their functions: the file
+    written holds the model's tensors under HF names, and the imported model holds exactly
+    those (tied embeddings: no separate lm_head tensor in either)."""
+    from safetensors.torch import load_file
+
+    from lmforge.model.hf import export_hf, import_hf
+    from lmforge.model.io import WEIGHTS, save_model_dir
+    from lmforge.registry import Workspace
+    from lmforge.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["the quick brown fox jumps over the lazy dog"] * 20, 300,
+                          show_progress=False)
+    d = ModelDesign(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=300,
+                    context_length=32, tie_embeddings=tie)
+    ours = initialize(Transformer(d), "scaled", seed=3)
+    with Workspace.open(tmp_path / "ws") as ws:
+        with ws.staging() as staged:
+            save_model_dir(ours, staged, tok, "# test model\n")
+            art = ws.register(staged, kind="model", stage="init", state="initialized")
+        export_hf(art, tmp_path / "hf")
+        back = import_hf(ws, tmp_path / "hf")
+        exported = load_file(str(tmp_path / "hf" / WEIGHTS))
+        imported = load_file(str(back.file(WEIGHTS)))
+    want = {k: v for k, v in ours.state_dict().items() if not (tie and k == "lm_head.weight")}
+    for got in (exported, imported):
+        assert sorted(got) == sorted(want)
+        for name, tensor in want.items():
+            assert (got[name].shape, got[name].dtype) == (tensor.shape, tensor.dtype), name
+            assert torch.equal(got[name], tensor), name
+    assert back.id != art.id and back.metrics["params"] == ours.num_params()
