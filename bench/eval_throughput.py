@@ -17,6 +17,7 @@ round (background load on a shared machine only ever slows a round down). Items/
 whole multiple-choice items (4 scored endings each), task loading and metrics included.
 
     python bench/eval_throughput.py                    # tiny design, 500 items
+    python bench/eval_throughput.py --quick            # a smoke run: 32 items, one round
     python bench/eval_throughput.py --shape d512       # the small preset (d_model 512)
     python bench/eval_throughput.py --model PATH_OR_REF --n 200 --json
 """
@@ -152,7 +153,9 @@ def run(args: argparse.Namespace) -> dict:
     root = args.data_root
     task_file = root / "hellaswag" / "hellaswag_val.jsonl"
     if not task_file.is_file():
-        sys.exit(f"no HellaSwag file at {task_file}; pass --data-root (a shared/data folder)")
+        sys.exit(f"no HellaSwag file at {task_file}; pass --data-root or set "
+                 "LMFORGE_EVAL_DATA (a folder laid out like shared/data, with "
+                 "hellaswag/hellaswag_val.jsonl)")
     with tempfile.TemporaryDirectory(prefix="lmforge-eval-bench-") as tmp:
         scratch = Path(tmp)
         model, tok, hf_dir, label = load_or_build(args, scratch)
@@ -206,7 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-items", type=int, default=16, help="untimed items per contender")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--json", action="store_true", help="print one JSON object, no table")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run (32 items, 1 round, 4 warm-up items): checks that every "
+                        "contender runs, not a figure to quote")
     args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.rounds, args.warmup_items = min(args.n, 32), 1, 4
     if args.n < 1 or args.rounds < 1 or args.warmup_items < 1:
         p.error("--n, --rounds and --warmup-items must be at least 1")
     args.data_root = default_data_root(args.data_root)
