@@ -1,7 +1,9 @@
 """Built-in evaluation suites: the `base` suite for pretrained models.
 
 The benchmark files live in a data root: the `data_root` argument (the CLI's
-`--data-root`), else `$LMFORGE_EVAL_DATA`, else `../shared/data` beside the repository.
+`--data-root`), else `$LMFORGE_EVAL_DATA`, else `../shared/data` beside the repository. The
+base suite runs the benchmarks a root holds and names the absent ones; `select_builtin`
+also picks tasks by name (the CLI's `--tasks hellaswag,arc_easy`, names in BUILTIN_TASKS).
 Each task formats its records the way lm-evaluation-harness 0.4 does (its task YAML and
 utils files are cited per task), so scores are comparable with published lm-eval numbers:
 
