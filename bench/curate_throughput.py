@@ -33,6 +33,12 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinystories"
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def write_input(data: Path, out: Path) -> tuple[int, int]:
     """TinyStories text files → one JSONL of blank-line blocks (stories, or paragraphs where
     the files do not mark story ends); (documents, UTF-8 bytes of text)."""
@@ -105,12 +111,12 @@ def main() -> None:
         jsonl.parent.mkdir()
         n_docs, n_bytes = write_input(args.data, jsonl)
         contenders: dict[str, Callable[[Path], int]] = {}
-        try:
-            import datatrove  # noqa: F401
-
+        missing = [m for m in ("datatrove", "orjson", "spacy") if not _installed(m)]
+        if missing:  # orjson: JsonlReader's parser, spacy: its filters' word tokenizer
+            print(f"no datatrove baseline: {', '.join(missing)} not installed "
+                  "(pip install -e '.[dev]', the README's install includes it)")
+        else:
             contenders["datatrove (same filters)"] = lambda w: run_datatrove(jsonl, w)
-        except ImportError:
-            print("datatrove is not installed: `pip install datatrove` for the baseline")
         same = same_filters_as_datatrove()
         contenders["lmforge (same filters)"] = lambda w: run_lmforge(jsonl, w, same)
         contenders["lmforge (full default)"] = lambda w: run_lmforge(jsonl, w, {})
