@@ -7,20 +7,17 @@ the same text reuses them instead of splitting again (a filter that edits the te
 C4, naturally starts a fresh one).
 
 Words follow the shape of spaCy's rule-based English tokenizer, which is what datatrove's
-filters use for English: punctuation is split off as its own token ("Hello," -> "Hello", ","),
-clitics are split ("can't" -> "ca", "n't"; "Tom's" -> "Tom", "'s"), hyphenated words are split
-at the hyphen, while numbers ("3.5", "1,000", "10:30"), abbreviations ("e.g.", "Mr.") and
-URLs stay whole. The thresholds the Gopher and FineWeb rules publish were tuned with such
-tokens (punctuation counts as a word in the alphabetic-word ratio), so matching that shape
-matters more than linguistic finesse. It is a plain loop over `str.split()` chunks: most
-chunks are plain words and cost one `isalnum()` call.
+filters use for English (see `words.py`).
 """
 
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from functools import cached_property
+
+from lmforge.curate.words import split_words
 
 # Sentence-ending marks of the major scripts (Unicode Sentence_Terminal, UAX #29): Latin,
 # CJK full stops and full-width forms, Devanagari danda, Arabic and Urdu, Armenian,
@@ -32,42 +29,24 @@ TERMINAL_PUNCTUATION: tuple[str, ...] = (
     "\u2049", "\ufe52", "\ufe56", "\ufe57",
 )
 
-# Characters spaCy's English tokenizer splits off the front and the back of a chunk.
-_PREFIX_CHARS = frozenset("\"'“‘„«([{<*$£€¥#§¿¡`…")
-_SUFFIX_CHARS = frozenset("\"'”’»)]}>*%.,!?;:…`—–")
-# Clitics split off only after these words (spaCy lists them as exceptions): "Sam'll" stays.
-_CLITIC_HOSTS = frozenset(
-    "i you he she it we they there that who what where when why how this here let".split())
-_CLITICS = ("'ll", "'re", "'ve", "'d", "'m", "’ll", "’re", "’ve", "’d", "’m")
-# Abbreviations that keep their final period (a subset of spaCy's English exceptions).
-_ABBREVIATIONS = frozenset(
-    "Mr. Mrs. Ms. Dr. St. Jr. Sr. Prof. Inc. Ltd. Co. Corp. Mt. vs. Gen. Gov. Sen. Rep. Rev. "
-    "Jan. Feb. Mar. Apr. Jun. Jul. Aug. Sep. Sept. Oct. Nov. Dec.".split())
-_WHOLE_WORD_SPLITS = {"cannot": ("can", "not"), "Cannot": ("Can", "not"),
-                      "gonna": ("gon", "na"), "gotta": ("got", "ta")}
-# Dotted abbreviations ("e.g.", "U.S.", "p.m.", "Ph.D.") and a single letter ("A.").
-_DOTTED = re.compile(r"[A-Za-z]\.|(?:[A-Za-z]\.){2,}|Ph\.D\.")
-_URL = re.compile(r"(?:https?://|www\.)\S+", re.ASCII)
-# Infixes: an ellipsis anywhere, a dash or slash or "=" between letters, a comma or ":"
-# between letters, a period from lower case to upper case ("end.Next").
-_INFIX = re.compile(
-    r"(\.{3,}|…|(?<=[^\W_])(?:--+|[-–—/=])(?=[^\W\d_])|(?<=\d)[-+*/^=](?=\d)"
-    r"|(?<=[^\W\d_])[,:](?=[^\W\d_])|(?<=[a-z])\.(?=[A-Z]))")
-
-# A word made only of these is a "symbol word" (Gopher counts words with at least one
-# character outside punctuation and symbols).
-_SYMBOL_CATEGORIES = ("P", "S")
+# A "symbol word" is made only of punctuation: Unicode category P, ASCII's symbols
+# ($+<=>^`|~) and control characters. Other symbols (™, °, £, ©, emoji) count as words,
+# as they do for datatrove's Gopher filter: with them counted as symbols, 2 of the 10,026
+# TinyStories texts read without encoding repair ("â€™" holds a "™") fell on the other side
+# of the 50-word minimum, and across ../shared/data 512 tokens were read differently, not 96.
+_ASCII_PUNCT = frozenset(string.punctuation)
 
 
 def _is_punct_char(ch: str) -> bool:
-    return unicodedata.category(ch)[0] in _SYMBOL_CATEGORIES
+    cat = unicodedata.category(ch)
+    return cat[0] == "P" or ch in _ASCII_PUNCT or cat == "Cc"
 
 
 _PUNCT_CACHE: dict[str, bool] = {}
 
 
 def is_symbol_word(word: str) -> bool:
-    """True when every character of `word` is punctuation or a symbol ("...", "--", "#")."""
+    """True when every character of `word` is punctuation ("...", "--", "#", "$")."""
     if word.isalnum():
         return False
     hit = _PUNCT_CACHE.get(word)
@@ -76,108 +55,6 @@ def is_symbol_word(word: str) -> bool:
         if len(_PUNCT_CACHE) < 100_000:  # bounded: tokens of unusual text are unbounded
             _PUNCT_CACHE[word] = hit
     return hit
-
-
-def _split_clitic(core: str, out: list[str]) -> None:
-    """Append `core`, split before a clitic when it has one; then split infixes."""
-    low = core.lower()
-    if len(core) > 3 and (low.endswith("n't") or low.endswith("n’t")) and core[-4:-3].isalpha():
-        # spaCy splits only lower- and title-case forms ("DON'T" stays whole).
-        if not core.isupper():
-            _split_infixes(core[:-3], out)
-            out.append(core[-3:])
-            return
-    if len(core) > 2 and (low.endswith("'s") or low.endswith("’s")):
-        _split_infixes(core[:-2], out)
-        out.append(core[-2:])
-        return
-    for clitic in _CLITICS:
-        if low.endswith(clitic) and low[: -len(clitic)] in _CLITIC_HOSTS:
-            out.append(core[: -len(clitic)])
-            out.append(core[-len(clitic):])
-            return
-    _split_infixes(core, out)
-
-
-def _split_infixes(core: str, out: list[str]) -> None:
-    if not core:
-        return
-    if core.isalnum():
-        out.append(core)
-        return
-    split = _WHOLE_WORD_SPLITS.get(core)
-    if split:
-        out.extend(split)
-        return
-    for part in _INFIX.split(core):
-        if part:
-            out.append(part)
-
-
-def _split_chunk(chunk: str, out: list[str]) -> None:
-    """Split one whitespace-free chunk into tokens: prefixes, the core, then suffixes.
-    Works with indices, not by re-slicing, so a chunk of 100,000 colons stays linear."""
-    if _URL.match(chunk):
-        out.append(chunk)
-        return
-    start, end = 0, len(chunk)
-    # Prefixes, left to right.
-    while end - start > 1:
-        if chunk.startswith("...", start):
-            stop = start + 3
-            while stop < end and chunk[stop] == ".":
-                stop += 1
-            out.append(chunk[start:stop])
-            start = stop
-        elif chunk[start] in _PREFIX_CHARS:
-            out.append(chunk[start])
-            start += 1
-        else:
-            break
-    # Suffixes, right to left (collected, then appended in reading order).
-    suffixes: list[str] = []
-    while end - start > 1:
-        if chunk[end - 1] == ".":
-            core = chunk[start:end]
-            if core in _ABBREVIATIONS or _DOTTED.fullmatch(core):
-                break
-            if chunk.endswith("...", start, end) and end - start > 3:
-                stop = end - 3
-                while stop > start and chunk[stop - 1] == ".":
-                    stop -= 1
-                if stop > start:
-                    suffixes.append(chunk[stop:end])
-                    end = stop
-                    continue
-        if chunk[end - 1] in _SUFFIX_CHARS:
-            suffixes.append(chunk[end - 1])
-            end -= 1
-        else:
-            break
-    core = chunk[start:end]
-    if core:
-        if core.isalnum():
-            split = _WHOLE_WORD_SPLITS.get(core)
-            if split:
-                out.extend(split)
-            else:
-                out.append(core)
-        else:
-            _split_clitic(core, out)
-    out.extend(reversed(suffixes))
-
-
-def split_words(text: str) -> list[str]:
-    """The words of `text` in the shape of spaCy's English tokenizer (see the module doc)."""
-    out: list[str] = []
-    append = out.append
-    special = _WHOLE_WORD_SPLITS
-    for chunk in text.split():
-        if chunk.isalnum() and chunk not in special:
-            append(chunk)
-        else:
-            _split_chunk(chunk, out)
-    return out
 
 
 def count_sentences(words: list[str]) -> int:
@@ -229,7 +106,7 @@ class DocStats:
 
     @cached_property
     def content_words(self) -> list[str]:
-        """Words with at least one character that is not punctuation or a symbol."""
+        """Words with at least one character that is not punctuation (see is_symbol_word)."""
         return [w for w in self.words if not is_symbol_word(w)]
 
     @cached_property
