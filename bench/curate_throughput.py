@@ -42,7 +42,7 @@ def _installed(module: str) -> bool:
 def write_input(data: Path, out: Path) -> tuple[int, int]:
     """TinyStories text files → one JSONL of blank-line blocks (stories, or paragraphs where
     the files do not mark story ends); (documents, UTF-8 bytes of text)."""
-    from lmforge.data.documents import read_documents
+    from lmforge.data.read import read_documents
 
     docs, size = 0, 0
     with out.open("w", encoding="utf-8") as f:

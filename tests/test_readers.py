@@ -5,11 +5,13 @@ import gzip
 import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
-from lmforge.data.documents import ReadErrors, read_documents
 from lmforge.data.hub import parse_spec, read_hub_dataset
+from lmforge.data.read import read_documents
+from lmforge.data.readers import ReadErrors
 from lmforge.errors import LmforgeError
 
 
@@ -278,12 +280,55 @@ def offline(monkeypatch):
 
 def test_parse_spec():
     assert parse_spec("hf:roneneldan/TinyStories:train") == ("roneneldan/TinyStories", None,
-                                                             "train")
-    assert parse_spec("hf:/data/set") == ("/data/set", None, "train")
+                                                             "train", 0, None)
+    assert parse_spec("hf:/data/set") == ("/data/set", None, "train", 0, None)
     assert parse_spec("hf:wikitext:wikitext-2-raw-v1:test") == ("wikitext", "wikitext-2-raw-v1",
-                                                                "test")
+                                                                "test", 0, None)
+    assert parse_spec("hf:roneneldan/TinyStories:validation[464:696]") == (
+        "roneneldan/TinyStories", None, "validation", 464, 696)
+    assert parse_spec("hf:/data/set[:10]") == ("/data/set", None, "train", 0, 10)
+    assert parse_spec("hf:C:\\data\\set:test[5:]") == ("C:\\data\\set", None, "test", 5, None)
     with pytest.raises(LmforgeError, match="not a dataset reference"):
         parse_spec("hf::train")
+    with pytest.raises(LmforgeError, match=re.escape("rows must be [START:STOP]")):
+        parse_spec("hf:x:train[-5:]")
+    with pytest.raises(LmforgeError, match=re.escape("rows must be [START:STOP]")):
+        list(read_documents("hf:x:train[1:2:3]"))  # checked before anything is read
+
+
+def test_hf_row_range_of_a_local_folder(tmp_path, offline):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    _jsonl(folder / "train.jsonl", [{"text": f"story {i}"} for i in range(10)])
+    docs = list(read_documents(f"hf:{folder}:train[3:6]"))
+    # Ids keep the row's index in the split, so a range's ids match the whole split's.
+    assert [(d.id, d.text) for d in docs] == [
+        ("tiny:train:3", "story 3"), ("tiny:train:4", "story 4"), ("tiny:train:5", "story 5")]
+    assert [d.text for d in read_documents(f"hf:{folder}:train[8:]")] == ["story 8", "story 9"]
+    assert len(list(read_documents(f"hf:{folder}[:4]"))) == 4
+
+
+def test_data_modules_import_no_circle():
+    """documents <- files, hub <- read: the reading modules import downwards only."""
+    import ast
+
+    import lmforge.data
+
+    root = Path(lmforge.data.__file__).parent
+    graph = {}
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        graph[path.stem] = {
+            node.module.rsplit(".", 1)[1] for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+            and node.module.startswith("lmforge.data.")}
+    assert "hub" not in graph["documents"] and "read" not in graph["documents"]
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(m == goal or (m not in seen and reaches(m, goal, seen | {m}))
+                   for m in graph.get(start, ()))
+
+    assert [m for m in graph if reaches(m, m, set())] == []
 
 
 def test_hf_local_folder_of_jsonl(tmp_path, offline):

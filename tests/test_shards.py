@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmforge.data.documents import Document, read_documents, write_documents_jsonl
+from lmforge.data.documents import Document, write_documents_jsonl
+from lmforge.data.read import read_documents
 from lmforge.data.shards import (
     INDEX_FILE,
     TokenShards,

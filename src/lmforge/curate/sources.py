@@ -9,8 +9,10 @@ from pathlib import Path
 
 from lmforge.curate.config import DecontamConfig, SourceConfig
 from lmforge.curate.decontam import BUILTIN_EVAL_SETS, Decontaminator, load_eval_set
-from lmforge.data.documents import Document, ReadErrors, read_documents
+from lmforge.data.documents import Document
 from lmforge.data.eval_root import eval_data_root
+from lmforge.data.read import read_documents
+from lmforge.data.readers import ReadErrors
 from lmforge.errors import LmforgeError
 
 EMBEDDED = "pydocs"

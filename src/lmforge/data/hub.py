@@ -3,35 +3,61 @@ in full before the first document) or a local folder (data files, or a `save_to_
 
 On the command line and in recipes a dataset is `hf:NAME[:SPLIT]` or `hf:NAME:CONFIG:SPLIT`,
 e.g. `hf:roneneldan/TinyStories:train`, `hf:wikitext:wikitext-2-raw-v1:validation`,
-`hf:/data/my_set` (split "train"). `datasets` is an optional dependency: without it, reading
-a dataset says what to install.
+`hf:/data/my_set` (split "train"), optionally with a range of rows, `[START:STOP]` as in
+Python: `hf:roneneldan/TinyStories:train[:1096]` streams the first 1,096 stories and stops.
+`datasets` is an optional dependency: without it, reading a dataset says what to install.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from lmforge.data.documents import Document, ReadErrors, make_reporter, record_document
-from lmforge.data.readers import ReadProblem, require
+from lmforge.data.documents import Document, make_reporter, record_document
+from lmforge.data.readers import ReadErrors, ReadProblem, require
 from lmforge.errors import LmforgeError
 
 HF_PREFIX = "hf:"
-_SYNTAX = "hf:NAME[:SPLIT] or hf:NAME:CONFIG:SPLIT, e.g. hf:roneneldan/TinyStories:train"
+_SYNTAX = ("hf:NAME[:SPLIT] or hf:NAME:CONFIG:SPLIT, optionally ending in [START:STOP], "
+           "e.g. hf:roneneldan/TinyStories:train[:1000]")
+_ROWS = re.compile(r"\[(\d*):(\d*)\]$")
 
 
-def parse_spec(spec: str) -> tuple[str, str | None, str]:
-    """`hf:NAME[:SPLIT]` or `hf:NAME:CONFIG:SPLIT` -> (name, config, split)."""
-    parts = spec[len(HF_PREFIX):].split(":") if spec.startswith(HF_PREFIX) else [spec]
+class HubSpec(NamedTuple):
+    name: str
+    config: str | None
+    split: str
+    start: int = 0  # rows [start, stop) of the split, as in a Python slice
+    stop: int | None = None
+
+
+def is_hub_spec(arg: object) -> bool:
+    return isinstance(arg, str) and arg.startswith(HF_PREFIX)
+
+
+def parse_spec(spec: str) -> HubSpec:
+    """`hf:NAME[:SPLIT]` or `hf:NAME:CONFIG:SPLIT`, optionally + `[START:STOP]`."""
+    body = spec[len(HF_PREFIX):] if spec.startswith(HF_PREFIX) else spec
+    start, stop = 0, None
+    if body.endswith("]"):
+        rows = _ROWS.search(body)
+        if rows is None:
+            raise LmforgeError(f"{spec!r}: rows must be [START:STOP] with whole numbers",
+                               hint=f"write {_SYNTAX}")
+        start, stop = int(rows[1] or 0), int(rows[2]) if rows[2] else None
+        body = body[:rows.start()]
+    parts = body.split(":")
     # A Windows path keeps its drive colon: hf:C:\\data\\set:train.
     if len(parts) > 1 and len(parts[0]) == 1 and parts[1][:1] in ("\\", "/"):
         parts = [f"{parts[0]}:{parts[1]}", *parts[2:]]
     if not parts[0] or len(parts) > 3 or not all(parts):
         raise LmforgeError(f"{spec!r} is not a dataset reference", hint=f"write {_SYNTAX}")
     if len(parts) == 3:
-        return parts[0], parts[1], parts[2]
-    return parts[0], None, parts[1] if len(parts) == 2 else "train"
+        return HubSpec(parts[0], parts[1], parts[2], start, stop)
+    return HubSpec(parts[0], None, parts[1] if len(parts) == 2 else "train", start, stop)
 
 
 def default_source(name: str) -> str:
@@ -71,9 +97,10 @@ def _load(name: str, split: str, config: str | None, streaming: bool) -> Any:
 
 def read_hub_dataset(name: str, split: str = "train", text_field: str = "text",
                      config: str | None = None, source: str | None = None,
-                     streaming: bool = True, errors: ReadErrors | None = None
-                     ) -> Iterator[Document]:
-    """Yield a dataset split's rows as documents, in order.
+                     streaming: bool = True, errors: ReadErrors | None = None,
+                     start: int = 0, stop: int | None = None) -> Iterator[Document]:
+    """Yield a dataset split's rows [start, stop) as documents, in order (a stream stops
+    reading at `stop`).
 
     `name`: a hub name, or a local folder of data files (JSONL, Parquet, ...) or saved with
     `Dataset.save_to_disk`. Text from `text_field`; other scalar columns go to meta. Id: the
@@ -91,7 +118,7 @@ def read_hub_dataset(name: str, split: str = "train", text_field: str = "text",
                 f"{', '.join(columns) or 'none'})", hint="name the text column with --text-field")
         return
     try:
-        for index, row in enumerate(ds):
+        for index, row in itertools.islice(enumerate(ds), start, stop):
             try:
                 doc = record_document(row, text_field, split, index, source, src,
                                       scalar_meta=True)
@@ -106,6 +133,7 @@ def read_hub_dataset(name: str, split: str = "train", text_field: str = "text",
 
 def read_hub_spec(spec: str, text_field: str = "text", source: str | None = None,
                   errors: ReadErrors | None = None) -> Iterator[Document]:
-    """`read_hub_dataset` for an `hf:NAME[:SPLIT]` argument of `read_documents`."""
-    name, config, split = parse_spec(spec)
-    return read_hub_dataset(name, split, text_field, config, source, errors=errors)
+    """`read_hub_dataset` for an `hf:...` argument of `read_documents`."""
+    hub = parse_spec(spec)
+    return read_hub_dataset(hub.name, hub.split, text_field, hub.config, source, errors=errors,
+                            start=hub.start, stop=hub.stop)

@@ -9,10 +9,10 @@ from lmforge.data.clean import clean_documents
 from lmforge.data.corpora.pydocs import build_pydocs_corpus, corpus_stats
 from lmforge.data.documents import (
     Document,
-    read_documents,
     write_documents_jsonl,
 )
 from lmforge.data.parts import dataset_documents
+from lmforge.data.read import read_documents
 from lmforge.data.shards import tokenize_to_shards
 from lmforge.errors import LmforgeError
 from lmforge.registry import Artifact, Workspace, atomic_write_json
