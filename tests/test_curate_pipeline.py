@@ -210,6 +210,73 @@ def test_cli_curate_and_report(cli, tmp_path):
     assert code == 0 and "gopher_quality" in out
 
 
+def _one_clean_error(code: int, err: str, *words: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err and err.startswith("error:"), err
+    for w in words:
+        assert w in err, err
+
+
+def test_cli_names_a_source_path_that_does_not_exist(cli, tmp_path):
+    web = _stories(tmp_path)
+    missing = tmp_path / "nowhere" / "file.jsonl"
+    code, _, err = cli("curate", "--source", f"x={missing}")
+    # The source, the path, and a folder that exists to look in (not "no documents").
+    _one_clean_error(code, err, "source 'x'", str(missing), "does not exist",
+                     f"ls {tmp_path}")
+    assert "no documents" not in err
+    # One missing path among good sources still stops the run before any work.
+    code, _, err = cli("curate", "--source", f"web={web}", "--source", "y=typo.jsonl")
+    _one_clean_error(code, err, "source 'y'", "typo.jsonl does not exist")
+    # Not a path: looked up as a dataset, and the error says which source asked.
+    code, _, err = cli("curate", "--source", "z=no-such-dataset")
+    _one_clean_error(code, err, "source 'z'", "no-such-dataset")
+    # A glob that matches nothing is an empty source; with nothing read at all the error
+    # still names the pattern.
+    code, _, err = cli("curate", "--source", f"g={tmp_path / 'nowhere' / '*.jsonl'}")
+    _one_clean_error(code, err, "no documents in any source", "source 'g'", "*.jsonl")
+
+
+def test_absent_local_paths_read_the_fallback(tmp_path):
+    from lmforge.curate.sources import resolve_sources
+
+    here = _stories(tmp_path)
+    gone = str(tmp_path / "shared" / "part*.txt")
+    raw = {"sources": {
+        "stories": {"paths": gone, "split": "line", "fallback": "hf:org/set:train[:5]"},
+        "local": {"paths": str(here), "fallback": "hf:org/set:validation"},
+        "half": {"paths": [str(here), gone], "fallback": "hf:org/set:test"}}}
+    cfg, notes = resolve_sources(parse_config(raw, "test"))
+    paths = {s.name: s.paths for s in cfg.sources}
+    # Every local path absent: the fallback; present: the local files (the default);
+    # some present: the local files (the glob that matches nothing is an empty source).
+    assert paths == {"stories": ["hf:org/set:train[:5]"], "local": [str(here)],
+                     "half": [str(here), gone]}
+    assert notes == [f"source 'stories': {gone} absent; read its fallback "
+                     "hf:org/set:train[:5]"]
+    assert cfg.sources[0].split == "line"  # the source's other settings stay
+    with pytest.raises(LmforgeError, match="source 'm': .*missing.jsonl does not exist"):
+        resolve_sources(parse_config({"sources": {"m": {
+            "paths": [str(here), str(tmp_path / "missing.jsonl")],
+            "fallback": "hf:org/set"}}}, "test"))
+
+
+def test_fallback_reads_a_local_hf_dataset_end_to_end(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rng = random.Random(3)
+    ds = datasets.Dataset.from_dict({"text": [_story(rng) for _ in range(12)]})
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "hub-copy"))
+    ws = Workspace.open(tmp_path / "ws")
+    art = curate_stage(ws, {"sources": {"stories": {
+        "paths": str(tmp_path / "absent" / "*.txt"),
+        "fallback": f"hf:{tmp_path / 'hub-copy'}:train[2:10]"}}}, show_progress=False)
+    docs = list(dataset_documents(art.path))
+    assert 0 < len(docs) <= 8
+    assert {d.id for d in docs} <= {f"stories:train:{i}" for i in range(2, 10)}  # rows 2-9
+    assert art.metrics["warnings"][0].startswith("source 'stories':")
+    assert "hub-copy:train[2:10]" in art.metrics["warnings"][0]
+
+
 def test_datatrove_executor_gives_the_same_bytes(tmp_path):
     pytest.importorskip("datatrove")
     web = _stories(tmp_path)

@@ -36,7 +36,7 @@ from lmforge.errors import LmforgeError
 _TOP_KEYS = ("sources", "filters", "pii", "dedup", "decontaminate", "balance", "workers",
              "executor",
              "shard_documents", "output_format", "fix_encoding", "examples")
-_SOURCE_KEYS = ("paths", "preset", "filters", "text_field", "split")
+_SOURCE_KEYS = ("paths", "preset", "filters", "text_field", "split", "fallback")
 
 
 @dataclass
@@ -47,6 +47,9 @@ class SourceConfig:
     filters: dict[str, Any] = field(default_factory=dict)  # overrides merged over the global ones
     text_field: str = "text"
     split: str = "auto"
+    # Read instead when none of the local `paths` exists (a clone without the shared data
+    # folder): e.g. "hf:roneneldan/TinyStories:train[:1096]". See sources.resolve_sources.
+    fallback: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -136,7 +139,8 @@ def _source(name: str, raw: Any, where: str) -> SourceConfig:
         raise LmforgeError(f"{here}: split must be one of {', '.join(SPLITS)}, not {split!r}")
     return SourceConfig(name, _strings(raw["paths"], "paths", here), preset,
                         dict(_table(raw.get("filters", {}), f"{here} filters")),
-                        str(raw.get("text_field", "text")), split)
+                        str(raw.get("text_field", "text")), split,
+                        _strings(raw.get("fallback", []), "fallback", here))
 
 
 def _decontam(raw: dict[str, Any], where: str) -> DecontamConfig:

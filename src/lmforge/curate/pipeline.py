@@ -60,7 +60,7 @@ def _no_progress(phase: str, done: int, total: int | None) -> None:
 
 
 def _read_phase(cfg: CurationConfig, run_dir: Path, resolve_dataset: Callable,
-                progress: Progress) -> dict[str, Any]:
+                progress: Progress, notes: list[str]) -> dict[str, Any]:
     """Read every source once into input shards of `shard_documents` documents."""
     in_dir = run_dir / "input"
     done_file = in_dir / "done.json"
@@ -72,7 +72,8 @@ def _read_phase(cfg: CurationConfig, run_dir: Path, resolve_dataset: Callable,
     funnel = Funnel(cfg.examples)
     parts: list[str] = []
     read_errors: dict[str, Any] = {"count": 0, "examples": []}
-    warnings: list[str] = []
+    warnings: list[str] = list(notes)
+    problems: list[str] = []  # each source's first read problem, for an empty run's error
     batch: list[Document] = []
     seen = 0
 
@@ -103,11 +104,15 @@ def _read_phase(cfg: CurationConfig, run_dir: Path, resolve_dataset: Callable,
         if funnel.steps["read"][source.name]["documents_out"] == 0:
             warnings.append(f"source '{source.name}': no documents read from "
                             f"{', '.join(source.paths)} ({errors.count} problems)")
+            if errors.records:
+                first = errors.records[0]
+                problems.append(f"source '{source.name}': {first['file']}: {first['reason']}")
     if batch:
         flush()
     progress("read", seen, seen)
     if seen == 0:
-        raise LmforgeError("no documents in any source",
+        why = f" ({'; '.join(problems[:3])})" if problems else ""
+        raise LmforgeError(f"no documents in any source{why}",
                            hint="check the paths (and text_field for JSONL) of each source")
     state = {"parts": parts, "funnel": funnel.to_dict(), "read_errors": read_errors,
              "warnings": warnings, "documents": seen}
@@ -208,12 +213,13 @@ def _sizes(cfg: CurationConfig, arrays: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def run_pipeline(cfg: CurationConfig, run_dir: Path, out_dir: Path, resolve_dataset: Callable,
-                 tokenizer_file: str | None = None, progress: Progress = _no_progress
-                 ) -> CurationResult:
+                 tokenizer_file: str | None = None, progress: Progress = _no_progress,
+                 notes: list[str] | None = None) -> CurationResult:
     """Curate `cfg`'s sources into `out_dir` (document parts + stats.json), resuming from
-    `run_dir`. `resolve_dataset(ref)` turns a dataset artifact reference into documents."""
+    `run_dir`. `resolve_dataset(ref)` turns a dataset artifact reference into documents;
+    `notes` (e.g. a source read from its fallback) open the warnings."""
     start = time.perf_counter()
-    read = _read_phase(cfg, run_dir, resolve_dataset, progress)
+    read = _read_phase(cfg, run_dir, resolve_dataset, progress, notes or [])
     parts = read["parts"]
     setup = WorkerSetup(cfg, build_decontaminator(cfg.decontaminate), tokenizer_file)
     _shard_phase(cfg, run_dir, parts, setup, progress)

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lmforge.curate.config import CurationConfig, parse_config
 from lmforge.curate.pipeline import run_pipeline
 from lmforge.curate.report import report_markdown, save_funnel_png
-from lmforge.curate.sources import EMBEDDED, is_path
+from lmforge.curate.sources import EMBEDDED, is_path, resolve_sources
 from lmforge.data.documents import Document
 from lmforge.data.parts import dataset_documents
 from lmforge.errors import LmforgeError
@@ -62,12 +62,18 @@ class _Bars:
 def curate_stage(ws: Workspace, raw: dict[str, Any], where: str = "curation recipe",
                  show_progress: bool = True, keep_run: bool = False) -> Artifact:
     """Curate the sources `raw` describes (see curate/config.py) into a dataset artifact."""
-    cfg = parse_config(raw, where)
-    # Resolve dataset refs once, up front: their ids are parents, a typo fails before any
-    # work, and their files are verified once. (A missing path with a folder in it is left
-    # to the reader, which records it as a problem of its source.)
-    datasets = {p: ws.resolve(p, kind="dataset") for s in cfg.sources for p in s.paths
-                if p != EMBEDDED and not is_path(p) and "/" not in p}
+    # Local paths first (a missing one stops the run, or its source reads its fallback),
+    # then dataset refs, once, up front: their ids are parents, a typo fails before any work,
+    # and their files are verified once.
+    cfg, notes = resolve_sources(parse_config(raw, where))
+    datasets = {}
+    for s in cfg.sources:
+        for p in s.paths:
+            if p != EMBEDDED and not is_path(p) and p not in datasets:
+                try:
+                    datasets[p] = ws.resolve(p, kind="dataset")
+                except LmforgeError as e:
+                    raise LmforgeError(f"source '{s.name}': {e.message}", hint=e.hint) from None
     parents: dict[str, list[str]] = {}
     if datasets:
         parents["data"] = list(dict.fromkeys(a.id for a in datasets.values()))
@@ -84,7 +90,7 @@ def curate_stage(ws: Workspace, raw: dict[str, Any], where: str = "curation reci
     run_dir = ws.runs_dir / f"curate-{run_key(cfg)}"
     bars = _Bars(show_progress)
     with ws.staging() as out, bars.progress:
-        result = run_pipeline(cfg, run_dir, out, resolve_dataset, tokenizer_file, bars)
+        result = run_pipeline(cfg, run_dir, out, resolve_dataset, tokenizer_file, bars, notes)
         if result.documents == 0:
             raise LmforgeError(
                 f"curation removed every document ({'; '.join(result.stats['warnings'])})",
