@@ -17,16 +17,13 @@ from lmforge.curate.decontam import (
 )
 from lmforge.errors import LmforgeError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # as in conftest.py
 FILLER = ("The weather report for the coming week promises mild mornings and a little rain "
           "near the coast, so farmers are hoping for a better harvest this autumn.")
 
 
 @pytest.fixture(scope="module")
-def hellaswag() -> tuple[list[str], Decontaminator]:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} is absent")
-    items = load_eval_set(BUILTIN_EVAL_SETS["hellaswag"](SHARED_DATA), SHARED_DATA)
+def hellaswag(shared_data) -> tuple[list[str], Decontaminator]:
+    items = load_eval_set(BUILTIN_EVAL_SETS["hellaswag"](shared_data), shared_data)
     dec = Decontaminator()
     assert dec.add_eval_set("hellaswag", items) == len(items)
     return items, dec

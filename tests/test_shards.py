@@ -268,8 +268,6 @@ def test_tokenize_stage_records_lineage(tok_file, tmp_path):
 
 def test_tinystories(shared_data, tmp_path):
     folder = shared_data / "tinystories"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent")
     docs = list(read_documents(str(folder / "*.txt")))
     tok = train_tokenizer((d.text for d in docs), 500, show_progress=False)
     tok_file = tok.save(tmp_path / "tokenizer.json")
