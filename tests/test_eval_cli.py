@@ -212,15 +212,15 @@ def test_recipe_eval_step_takes_task_names(cli, model_v0, some_benchmarks, tmp_p
 
     from rich.console import Console
 
-    from lmforge.lifecycle.stages import Context, evaluation
+    from lmforge.lifecycle.stages import STAGES, Context
     from lmforge.registry import Workspace
 
     model, _ = model_v0
     ws = Workspace.open(cli.workspace)
     try:
         ctx = Context(ws, tmp_path, Console(file=io.StringIO()), show_progress=False)
-        step = evaluation(ctx, "eval", {"model": model, "tasks": "arc_easy,piqa",
-                                        "data_root": str(some_benchmarks), "limit": 4})
+        step = STAGES["eval"](ctx, "eval", {"model": model, "tasks": "arc_easy,piqa",
+                                            "data_root": str(some_benchmarks), "limit": 4})
         report = _report(cli, step.artifact)
     finally:
         ws.close()

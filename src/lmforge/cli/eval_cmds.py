@@ -68,11 +68,12 @@ def eval_cmd(
         raise LmforgeError(f"eval takes one model, got {len(targets)}: {' '.join(targets)}",
                            hint="to compare two, use `lmforge eval compare A B`")
     from lmforge.eval.render_report import render_report
-    from lmforge.eval.stage import eval_stage
+    from lmforge.eval.stage import EvalStageSettings
+    from lmforge.eval.stage import run as run_eval
 
-    art, report = eval_stage(ws, targets[0], suite=suite, tasks=tasks, gates=gate,
-                             data_root=data_root, limit=limit, batch_size=batch_size, seed=seed,
-                             device=device, max_new_tokens=max_new_tokens)
+    out = run_eval(ws, EvalStageSettings(targets[0], suite, tasks, tuple(gate), data_root, limit,
+                                         batch_size, seed, device, max_new_tokens))
+    art, report = out.artifact, out.details
     passed = report["gates"]["passed"]
     verdict = "" if passed is None else (" — gates [green]passed[/]" if passed
                                          else " — gates [red]FAILED[/]")

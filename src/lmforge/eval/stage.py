@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from lmforge.eval.tasks import load_tasks_toml
 from lmforge.model.io import load_model
 from lmforge.registry import Artifact, Workspace, atomic_write_json, atomic_write_text
 from lmforge.runtime import resolve_device
+from lmforge.stage import Outcome, check_keys
 
 REPORT_KIND = "eval-report"
 CHAT_SUITE = "chat"
@@ -99,40 +101,89 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
             for name, m in entry["metrics"].items()}
 
 
-def eval_stage(ws: Workspace, model_ref: str, suite: str | None = None,
-               tasks: TasksOption | None = None, gates: Sequence[str] = (),
-               data_root: str | None = None, limit: int | None = None, batch_size: int = 32,
-               seed: int = 0, device: str | None = "auto", max_new_tokens: int = 64,
-               show_progress: bool = True) -> tuple[Artifact, dict[str, Any]]:
-    """Evaluate a model (artifact ref or model folder) and register the report. `tasks` is
-    a task TOML file or built-in task names (see `task_option`)."""
-    parsed_gates = parse_gates(list(gates), "gates")
-    device = str(resolve_device(device))
-    tasks_file, names = task_option(tasks)
-    selected = build_tasks(suite, tasks, data_root, limit)
-    model, tok, art = load_model(ws, model_ref, device)
+@dataclass(frozen=True)
+class EvalStageSettings:
+    model: str  # a model artifact reference or a model folder
+    suite: str | None = None  # base, pydocs or chat
+    tasks: TasksOption | None = None  # a task TOML file, or built-in task names
+    gates: tuple[str, ...] = ()  # "TASK/METRIC OP NUMBER"
+    data_root: str | None = None  # folder of benchmark files
+    limit: int | None = None  # items per task
+    batch_size: int = 32
+    seed: int = 0
+    device: str | None = "auto"
+    max_new_tokens: int = 64
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path
+                  ) -> EvalStageSettings:
+        """A recipe step: a task file and a data root are relative to the recipe file."""
+        check_keys(values, where, required=("model",),
+                   optional=("suite", "tasks", "gates", "limit", "batch_size", "seed",
+                             "data_root", "max_new_tokens", "device"))
+        values = dict(values)
+        tasks_file, _ = task_option(values.get("tasks"))
+        if tasks_file is not None:
+            values["tasks"] = str(base_dir / tasks_file)
+        if "data_root" in values:
+            values["data_root"] = str(base_dir / values["data_root"])
+        values["gates"] = tuple(values.get("gates", ()))
+        return cls(**values)
+
+
+def _headline(metrics: dict[str, Any]) -> tuple[str, Any] | None:
+    """The one metric a summary line shows for a task (None when all its items were
+    skipped and it has none)."""
+    for name in ("acc_norm", "bpb", "prompt_level_acc", "acc"):
+        if name in metrics:
+            return name, metrics[name]
+    return next(iter(metrics.items()), None)
+
+
+def summary(report: dict[str, Any]) -> str:
+    parts = []
+    for task, entry in report["tasks"].items():
+        headline = _headline(entry["metrics"])
+        if headline is None:
+            parts.append(f"{task} (every item skipped)")
+        else:
+            name, m = headline
+            parts.append(f"{task}/{name} {m['value']:.3f}±{m['stderr']:.3f}")
+    passed = report["gates"]["passed"]
+    verdict = "" if passed is None else ("; gates passed" if passed else "; gates FAILED")
+    return ", ".join(parts) + verdict
+
+
+def run(ws: Workspace, s: EvalStageSettings, show_progress: bool = True) -> Outcome:
+    """Evaluate a model (artifact ref or model folder) and register the report; the
+    outcome's details are the report."""
+    parsed_gates = parse_gates(list(s.gates), "gates")
+    device = str(resolve_device(s.device))
+    tasks_file, names = task_option(s.tasks)
+    selected = build_tasks(s.suite, s.tasks, s.data_root, s.limit)
+    model, tok, art = load_model(ws, s.model, device)
     if art is None:
-        label = str(model_ref)
+        label = str(s.model)
     else:
         label = f"{art.id} ({art.name})" if art.name else art.id
     task_names = {t.name: t for t in selected.tasks}
-    if suite == CHAT_SUITE:
+    if s.suite == CHAT_SUITE:
         from lmforge.eval.chat_suite import require_chat_template
 
         require_chat_template(tok, f"model {label}")
         task_names.update(dict.fromkeys(CHAT_TASKS))
     check_gates_apply(parsed_gates, task_names)  # a gate typo fails before minutes of work
-    settings = EvalSettings(batch_size=batch_size, seed=seed, limit=limit, device=device,
-                            max_new_tokens=max_new_tokens,
-                            style="chat" if suite == CHAT_SUITE else "plain")
+    settings = EvalSettings(batch_size=s.batch_size, seed=s.seed, limit=s.limit, device=device,
+                            max_new_tokens=s.max_new_tokens,
+                            style="chat" if s.suite == CHAT_SUITE else "plain")
     report = evaluate(model, tok, selected.tasks, settings, progress=show_progress,
-                      suite=suite or "custom")
-    if suite == CHAT_SUITE:
+                      suite=s.suite or "custom")
+    if s.suite == CHAT_SUITE:
         from lmforge.eval.chat_suite import run_chat_suite
 
-        report["tasks"].update(run_chat_suite(model, tok, settings, limit, show_progress))
+        report["tasks"].update(run_chat_suite(model, tok, settings, s.limit, show_progress))
     seconds = report.pop("seconds", None)
-    model_dir = art.path if art is not None else Path(model_ref)
+    model_dir = art.path if art is not None else Path(s.model)
     report["model"] = label
     report["model_id"] = art.id if art else None
     report["weights_sha256"] = _weights_sha256(art, model_dir)
@@ -143,7 +194,7 @@ def eval_stage(ws: Workspace, model_ref: str, suite: str | None = None,
     if selected.absent:
         report["absent_tasks"] = selected.absent
     report["gates"] = evaluate_gates(parsed_gates, report)
-    return register_report(ws, report, art, seconds), report
+    return Outcome(register_report(ws, report, art, seconds), summary(report), report)
 
 
 def register_report(ws: Workspace, report: dict[str, Any], model_art: Artifact | None,
@@ -177,7 +228,7 @@ def load_report(ws: Workspace, ref: str, suite: str | None = None) -> tuple[Arti
         if not reports:
             which = f" of suite {suite!r}" if suite else ""
             raise LmforgeError(f"model {rec.id} has no eval report{which}",
-                               hint=f"run `lmforge eval {rec.id} --suite ...` first")
+                               hint=f"run `lmforge eval {rec.id} --suite pydocs` first")
         rec = reports[0]  # newest first
     elif rec.kind != REPORT_KIND:
         raise LmforgeError(f"{ref} is a {rec.kind}, not a model or an eval report")

@@ -25,7 +25,8 @@ from lmforge.data.stage import (
 from lmforge.design.stage import DesignSettings
 from lmforge.design.stage import run as run_design
 from lmforge.errors import LmforgeError
-from lmforge.eval.stage import eval_stage
+from lmforge.eval.stage import EvalStageSettings
+from lmforge.eval.stage import run as run_eval
 from lmforge.lifecycle.compare import CompareSettings
 from lmforge.lifecycle.compare import run as run_compare
 from lmforge.model.stage import InitSettings
@@ -113,33 +114,6 @@ def tokenize(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
     return StepOutput(art.id, f"{m['train_tokens']:,} train / {m['val_tokens']:,} val tokens")
 
 
-def _headline(metrics: dict[str, Any]) -> tuple[str, Any]:
-    """The one metric a summary line shows for a task."""
-    for name in ("acc_norm", "bpb", "prompt_level_acc", "acc"):
-        if name in metrics:
-            return name, metrics[name]
-    return next(iter(metrics.items()))
-
-
-def evaluation(ctx: Context, step: str, p: dict[str, Any]) -> StepOutput:
-    check_keys(p, f"step '{step}'", required=("model",),
-          optional=("suite", "tasks", "gates", "limit", "batch_size", "seed", "data_root",
-                    "max_new_tokens"))
-    settings = {k: v for k, v in p.items() if k not in ("model", "tasks", "data_root")}
-    # A task file is relative to the recipe; anything else is built-in task names.
-    tasks = str(ctx.base_dir / p["tasks"]) if str(p.get("tasks", "")).endswith(".toml") \
-        else p.get("tasks")
-    data_root = str(ctx.base_dir / p["data_root"]) if "data_root" in p else None
-    art, report = eval_stage(ctx.ws, p["model"], tasks=tasks, data_root=data_root,
-                             show_progress=ctx.show_progress, **settings)
-    shown = ", ".join(f"{task}/{name} {m['value']:.3f}±{m['stderr']:.3f}"
-                      for task, entry in report["tasks"].items()
-                      for name, m in [_headline(entry["metrics"])])
-    passed = report["gates"]["passed"]
-    verdict = "" if passed is None else ("; gates passed" if passed else "; gates FAILED")
-    return StepOutput(art.id, shown + verdict)
-
-
 def seam(settings_type: Any, run: Callable[..., Outcome]
          ) -> Callable[[Context, str, dict[str, Any]], StepOutput]:
     """A recipe step of a stage that exports settings (from_dict) and a run function."""
@@ -158,5 +132,5 @@ STAGES: dict[str, Callable[[Context, str, dict[str, Any]], StepOutput]] = {
     "corpus": corpus, "files": files, "clean": clean, "curate": curate, "tokenizer": tokenizer,
     "design": seam(DesignSettings, run_design), "init": seam(InitSettings, run_init),
     "tokenize": tokenize, "pretrain": seam(PretrainSettings, run_pretrain),
-    "eval": evaluation, "compare": seam(CompareSettings, run_compare),
+    "eval": seam(EvalStageSettings, run_eval), "compare": seam(CompareSettings, run_compare),
 }
