@@ -118,10 +118,10 @@ class Tokenizer:
         for i, tok in enumerate(SPECIAL_TOKENS):
             if i not in added or added[i].content != tok or not added[i].special:
                 raise LmforgeError(f"not an lmforge tokenizer: special token {tok} is not id {i}",
-                                   hint="train one with `lmforge tokenizer`")
+                                   hint="train one with `lmforge tokenizer train --input FILES`")
         if not isinstance(inner.decoder, decoders.ByteLevel):
             raise LmforgeError("not an lmforge tokenizer: it is not byte-level",
-                               hint="train one with `lmforge tokenizer`")
+                               hint="train one with `lmforge tokenizer train --input FILES`")
         inner.encode_special_tokens = True  # "<|bos|>" inside text stays text
         self.inner = inner
         self._token_bytes: list[bytes] | None = None
@@ -134,7 +134,8 @@ class Tokenizer:
             path = path / "tokenizer.json"
         if not path.is_file():
             raise LmforgeError(f"{path}: no tokenizer file there",
-                               hint="train one with `lmforge tokenizer` or check the path")
+                               hint="train one with `lmforge tokenizer train --input FILES`, "
+                                    "or check the path")
         try:
             inner = tokenizers.Tokenizer.from_str(path.read_text(encoding="utf-8"))
         except Exception as e:  # noqa: BLE001 - tokenizers raises bare Exception on bad files

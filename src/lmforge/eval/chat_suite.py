@@ -303,8 +303,9 @@ def require_chat_template(tok: Any, model: str = "the model") -> None:
         raise LmforgeError(
             f"{model} has no chat template ({'; '.join(problems)}), so the chat suite cannot "
             "talk to it",
-            hint="fine-tune it into a chat model with `lmforge finetune --method sft`, or pass "
-                 "a model whose tokenizer has a chat template (lmforge's role tokens)")
+            hint="evaluate a model whose tokenizer has lmforge's role tokens and chat template: "
+                 "every tokenizer from `lmforge tokenizer train --input FILES` does, and models "
+                 "built on it with `lmforge init` inherit it")
 
 
 def _setting(settings: Any, name: str, default: Any) -> Any:

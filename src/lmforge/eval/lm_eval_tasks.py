@@ -135,7 +135,7 @@ def make_lm(model_or_path: Any, backend: str = "lmforge", batch_size: int = 32,
     """The lm-eval `LM` for a backend (an `LM` instance given is used as it is).
 
     lmforge: an `LmforgeLM`, a (Transformer, Tokenizer) pair, or a model path / artifact ref.
-    hf: lm-eval's `HFLM` on an HF model folder (e.g. from `lmforge export --format hf`), fp32,
+    hf: lm-eval's `HFLM` on an HF model folder (e.g. from `lmforge export MODEL --format hf --out DIR`), fp32,
     with `add_bos_token=add_bos` so both backends condition on the same tokens.
     """
     if backend not in BACKENDS:
@@ -149,7 +149,7 @@ def make_lm(model_or_path: Any, backend: str = "lmforge", batch_size: int = 32,
     if backend == "hf":
         if not isinstance(model_or_path, str | Path) or not Path(model_or_path).is_dir():
             raise LmforgeError(f"the hf backend needs a model folder, got {model_or_path!r}",
-                               hint="export the model first: lmforge export --format hf "
+                               hint="export the model first: lmforge export MODEL --format hf "
                                     "--out DIR")
         try:
             from lm_eval.models.huggingface import HFLM
