@@ -20,8 +20,8 @@ imports it, only importing this module does.
 
 Parity with lm-eval's own HF backend: every context here starts with BOS (`add_bos`, default
 true), as our models saw every document in training. lm-eval's `HFLM` adds no BOS by default
-on a model exported with `lmforge export MODEL --format hf --out DIR`, so it scores other token sequences;
-it gives these numbers (within fp32 rounding) only with `add_bos_token=True`:
+on a model exported with `lmforge export MODEL --format hf --out DIR`, so it scores other
+token sequences; it gives these numbers (within fp32 rounding) only with `add_bos_token=True`:
 
     lm_eval --model hf --model_args pretrained=EXPORT_DIR,add_bos_token=True --tasks ...
 """

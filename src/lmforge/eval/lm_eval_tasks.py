@@ -135,8 +135,9 @@ def make_lm(model_or_path: Any, backend: str = "lmforge", batch_size: int = 32,
     """The lm-eval `LM` for a backend (an `LM` instance given is used as it is).
 
     lmforge: an `LmforgeLM`, a (Transformer, Tokenizer) pair, or a model path / artifact ref.
-    hf: lm-eval's `HFLM` on an HF model folder (e.g. from `lmforge export MODEL --format hf --out DIR`), fp32,
-    with `add_bos_token=add_bos` so both backends condition on the same tokens.
+    hf: lm-eval's `HFLM` on an HF model folder (e.g. from
+    `lmforge export MODEL --format hf --out DIR`), fp32, with `add_bos_token=add_bos` so both
+    backends condition on the same tokens.
     """
     if backend not in BACKENDS:
         raise LmforgeError(f"unknown lm-eval backend '{backend}'",

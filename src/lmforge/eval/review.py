@@ -77,7 +77,8 @@ def export_review(reports: Sequence[dict], out_dir: Path, n: int = 50, seed: int
     keys = sorted(set().union(*per_report))
     if not keys:
         raise LmforgeError("the reports hold no generation outputs to review",
-                           hint="evaluate with a chat suite (`lmforge eval MODEL --suite chat`) first")
+                           hint="evaluate with the chat suite first: "
+                                "lmforge eval MODEL --suite chat")
     rng = random.Random(seed)
     rng.shuffle(keys)
     chosen = keys[:n]
