@@ -140,6 +140,6 @@ def test_a_tokenizer_without_role_tokens_is_refused(model, tok):
     with pytest.raises(LmforgeError) as e:
         cs.require_chat_template(bare, "model 'imported-llama'")
     assert "imported-llama" in str(e.value) and "no chat template" in str(e.value)
-    assert "lmforge finetune --method sft" in e.value.hint
+    assert "lmforge tokenizer train --input FILES" in e.value.hint
     with pytest.raises(LmforgeError, match="no chat template"):
         cs.run_chat_suite(model, bare, {"model": "imported"}, limit=1, progress=False)
