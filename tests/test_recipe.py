@@ -176,7 +176,8 @@ def test_set_reaches_inside_tables(recipe_dir):
                                      "train.dedup.near=false"], tuple(STAGES))
     train = {s.name: s for s in recipe.steps}["train"].params
     assert train["sources"]["stories"] == {"paths": ["mine/*.txt"], "split": "auto",
-                                           "preset": "prose"}
+                                           "preset": "prose",
+                                           "fallback": "hf:roneneldan/TinyStories:train[:1096]"}
     assert train["dedup"] == {"near": False}
     with pytest.raises(LmforgeError, match="train.sources.stories.split is a value"):
         load_recipe(str(path), ["train.sources.stories.split.x=1"], tuple(STAGES))
