@@ -51,6 +51,14 @@ def test_normalize_repairs_encoding_and_keeps_style():
     assert normalize_text("AT&amp;T ﬁne ＡＢ") == "AT&amp;T ﬁne ＡＢ"  # no HTML/width rewrites
 
 
+def test_normalize_layout_nfc_line_ends_and_blank_lines():
+    assert normalize_text("cafe\u0301") == "caf\u00e9"  # NFD -> NFC
+    assert normalize_text("a  \t\nb \r\nc\rd") == "a\nb\nc\nd"
+    assert normalize_text("a\n\n\n\n\n\nb") == "a\n\n\nb"  # at most two blank lines
+    assert normalize_text("a\n\nb\n\n\nc") == "a\n\nb\n\n\nc"  # one or two are kept
+    assert normalize_text("\n\n  \n    indented\n\n") == "    indented"  # code indent kept
+
+
 def test_normalize_restores_right_quotes_that_lost_a_byte():
     # TinyStories V1's shape: "”" read as Windows-1252 lost its unassigned third byte.
     broken = "â€œBe careful!â€ Annie jumped.\nâ€œHi!â€\nShe said â€œbyeâ€."

@@ -19,9 +19,11 @@ stage = "files"
 paths = ["docs"]
 
 [steps.clean]
-stage = "clean"
-data = "@data"
-min_chars = 20
+stage = "curate"
+sources.docs = { paths = "@data", preset = "prose" }
+filters = { length = { min_chars = 20 }, language = false, gopher_repetition = false }
+dedup = { near = false }
+pii = { enabled = false }
 
 [steps.tokenizer]
 stage = "tokenizer"
@@ -120,7 +122,7 @@ def test_pretrained_model_has_lineage_back_to_the_files(tmp_path, recipe_dir):
 
 @pytest.mark.parametrize("text, words", [
     ("[steps.a]\nstage = 'bake'\n", "unknown stage 'bake'"),
-    ("[steps.a]\nstage = 'clean'\ndata = '@b'\n", "not an earlier step"),
+    ("[steps.a]\nstage = 'tokenize'\ndata = '@b'\ntokenizer = 'x'\n", "not an earlier step"),
     ("[steps.a\n", "malformed TOML"),
     ("name = 'x'\n", "no [steps.NAME] tables"),
 ])

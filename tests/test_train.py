@@ -301,7 +301,7 @@ def test_muon_orthogonalizes_and_descends():
 def test_settings_are_checked_before_training():
     with pytest.raises(LmforgeError, match="not a multiple"):
         TrainSettings(batch_tokens=1000, micro_batch=4, seq_len=32)
-    with pytest.raises(LmforgeError, match=r"recipe \(training\): unknown setting\(s\) learning_rate"):
+    with pytest.raises(LmforgeError, match=r"\(training\): unknown setting\(s\) learning_rate"):
         TrainSettings.from_dict({"learning_rate": 1}, "recipe")
     with pytest.raises(LmforgeError, match="say how long"):
         TrainSettings().total_steps(1000)

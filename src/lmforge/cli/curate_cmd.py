@@ -76,7 +76,8 @@ def curate(
         _show_report(ws, report, examples, png)
         return
     from lmforge.curate.config import load_config_file
-    from lmforge.curate.stage import curate_stage, curation_console_summary
+    from lmforge.curate.stage import CurateSettings
+    from lmforge.curate.stage import run as run_curate
 
     raw: dict[str, Any] = load_config_file(recipe) if recipe else {}
     if source:
@@ -92,9 +93,9 @@ def curate(
         raise LmforgeError("nothing to curate", hint="pass --source NAME=PATH or --recipe FILE "
                                                      "(see lmforge curate --help)")
     where = str(recipe) if recipe else "command line"
-    art = curate_stage(ws, raw, where=where)
-    curation_console_summary(art, console)
-    console.print(f"report: lmforge curate --report {art.id}")
+    out = run_curate(ws, CurateSettings(raw, where, keep_run))
+    console.print(f"dataset [bold]{out.artifact.id}[/]: {out.summary}", highlight=False)
+    console.print(f"report: lmforge curate --report {out.artifact.id}")
 
 
 def _show_report(ws, ref: str, examples: int, png: Path | None) -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import typer
 
 from lmforge.cli.app import app, console, workspace
-from lmforge.data.stage import EMBEDDED, register_pydocs, train_tokenizer_stage
+from lmforge.data.stage import (
+    EMBEDDED,
+    CorpusSettings,
+    TokenizerSettings,
+    run_corpus,
+    run_tokenizer,
+)
 
 tokenizer_app = typer.Typer(help="Train byte-level BPE tokenizers with chat special tokens.",
                             no_args_is_help=True)
@@ -16,10 +22,8 @@ app.add_typer(tokenizer_app, name="tokenizer", rich_help_panel="Lifecycle stages
              help="Register the embedded default corpus (the documentation shipped with "
                   "Python: pydoc topics and standard-library docstrings) as a dataset.")
 def corpus() -> None:
-    art = register_pydocs(workspace())
-    m = art.metrics
-    console.print(f"dataset [bold]{art.id}[/]: {m['documents']:,} documents, "
-                  f"{m['characters']:,} characters")
+    out = run_corpus(workspace(), CorpusSettings())
+    console.print(f"dataset [bold]{out.artifact.id}[/]: {out.summary}")
 
 
 @tokenizer_app.command("train", help="Train a byte-level BPE tokenizer on text/JSONL files, "
@@ -33,7 +37,6 @@ def tokenizer_train(
     min_frequency: int = typer.Option(2, help="Merge only pairs seen at least this often."),
     text_field: str = typer.Option("text", help="JSONL field holding the text."),
 ) -> None:
-    art = train_tokenizer_stage(workspace(), inputs, vocab_size, min_frequency, text_field)
-    m = art.metrics
-    console.print(f"tokenizer [bold]{art.id}[/]: vocab {m['vocab_size']}, trained on "
-                  f"{m['documents']:,} documents ({m['characters']:,} characters)")
+    out = run_tokenizer(workspace(), TokenizerSettings(tuple(inputs), vocab_size, min_frequency,
+                                                       text_field))
+    console.print(f"tokenizer [bold]{out.artifact.id}[/]: {out.summary}")

@@ -8,7 +8,7 @@ import typer
 
 from lmforge._toml import load_toml_file
 from lmforge.cli.app import app, console, workspace
-from lmforge.data.stage import tokenize_stage
+from lmforge.data.stage import TokenizeSettings, run_tokenize
 from lmforge.errors import LmforgeError
 from lmforge.train.loop import Interrupted
 from lmforge.train.stage import PretrainSettings, resume_values
@@ -49,11 +49,9 @@ def tokenize(
     seed: int = typer.Option(0, help="Seed of the document-level split."),
     workers: int = typer.Option(0, help="Processes (0 = one per core)."),
 ) -> None:
-    art = tokenize_stage(workspace(), data, tokenizer, val_fraction, seed, workers,
-                         val_data=val_data)
-    m = art.metrics
-    console.print(f"tokens [bold]{art.id}[/]: {m['train_tokens']:,} train, {m['val_tokens']:,} "
-                  "validation tokens")
+    out = run_tokenize(workspace(), TokenizeSettings(data, tokenizer, val_fraction, seed, workers,
+                                                     val_data))
+    console.print(f"tokens [bold]{out.artifact.id}[/]: {out.summary}")
 
 
 @app.command(rich_help_panel=PANEL,

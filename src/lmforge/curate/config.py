@@ -220,17 +220,30 @@ def parse_config(raw: dict[str, Any], where: str = "curation recipe") -> Curatio
 
 def load_config_file(path: Path) -> dict[str, Any]:
     """A curation TOML file as a raw table (relative paths resolved against its folder)."""
-    raw = load_toml_file(path, "curation recipe")
-    base = path.resolve().parent
-    for src in _table(raw.get("sources", {}), f"{path} [sources]").values():
-        if isinstance(src, dict) and "paths" in src:
-            src["paths"] = [resolve_path(p, base) for p in _strings(src["paths"], "paths",
-                                                                     str(path))]
+    return with_paths_relative_to(load_toml_file(path, "curation recipe"),
+                                  Path(path).resolve().parent, str(path))
+
+
+def with_paths_relative_to(raw: dict[str, Any], base: Path, where: str) -> dict[str, Any]:
+    """A copy of a curation table whose relative source and eval-set paths are resolved
+    against `base` (the folder of the file that holds the table)."""
+    raw = dict(raw)
+    sources = raw.get("sources")
+    if isinstance(sources, dict):
+        raw["sources"] = resolved = {}
+        for name, src in sources.items():
+            entry = dict(src) if isinstance(src, dict) else {"paths": src}
+            if "paths" in entry:
+                entry["paths"] = [resolve_path(p, base) for p in
+                                  _strings(entry["paths"], "paths", f"{where} [sources.{name}]")]
+            resolved[name] = entry
     dec = raw.get("decontaminate")
-    if isinstance(dec, dict):
-        for item in dec.get("eval_sets", []):
-            if isinstance(item, dict) and isinstance(item.get("path"), str):
-                item["path"] = resolve_path(item["path"], base)
+    if isinstance(dec, dict) and isinstance(dec.get("eval_sets"), list):
+        raw["decontaminate"] = dec = dict(dec)
+        dec["eval_sets"] = [
+            {**item, "path": resolve_path(item["path"], base)}
+            if isinstance(item, dict) and isinstance(item.get("path"), str) else item
+            for item in dec["eval_sets"]]
     return raw
 
 

@@ -1,8 +1,8 @@
 """Text normalization, the first curation step: one canonical form for every document.
 
-On top of `lmforge.data.clean.normalize_text` (NFC, Unix line ends, no trailing whitespace,
-at most two blank lines in a row, indentation kept), this repairs broken encodings with ftfy
-and removes control characters.
+On top of a canonical layout (NFC, Unix line ends, no trailing whitespace, at most two blank
+lines in a row, indentation kept), this repairs broken encodings with ftfy and removes control
+characters.
 
 ftfy runs with a narrow configuration: it repairs what is broken (mojibake such as
 "Whoâ€™s" -> "Who's", inconsistent UTF-8, C1 controls that stand for Windows-1252
@@ -16,11 +16,24 @@ compatibility rewrites that alter CJK and typeset text), and HTML entities stay
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import cache
 from typing import Any
 
-from lmforge.data.clean import normalize_text as _basic_normalize
 from lmforge.errors import LmforgeError
+
+# More than two blank lines in a row carry no meaning (PEP 8 code uses at most two).
+_EXTRA_BLANK_LINES = re.compile(r"\n{4,}")
+
+
+def _basic_normalize(text: str) -> str:
+    """Unicode NFC; Unix line ends; no trailing whitespace on any line; at most two blank
+    lines in a row; no blank lines at the start or end. Leading indentation is kept (code)."""
+    text = unicodedata.normalize("NFC", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    text = _EXTRA_BLANK_LINES.sub("\n\n\n", text)
+    return text.strip("\n")
 
 _FTFY_SETTINGS = dict(
     unescape_html=False,

@@ -7,13 +7,13 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lmforge.curate.config import CurationConfig, parse_config
+from lmforge.curate.config import CurationConfig, parse_config, with_paths_relative_to
 from lmforge.curate.pipeline import run_pipeline
 from lmforge.curate.report import report_markdown, save_funnel_png
 from lmforge.curate.sources import EMBEDDED, is_path, resolve_sources
@@ -22,6 +22,7 @@ from lmforge.data.parts import dataset_documents
 from lmforge.errors import LmforgeError
 from lmforge.registry import Artifact, Workspace, atomic_write_text
 from lmforge.registry.store import remove_tree
+from lmforge.stage import Outcome
 
 
 def _fingerprint(paths: list[str]) -> list[Any]:
@@ -129,10 +130,28 @@ def load_stats(ws: Workspace, ref: str) -> tuple[Artifact, dict[str, Any]]:
     return art, json.loads(art.file("stats.json").read_text())
 
 
-def curation_console_summary(art: Artifact, console: Console) -> None:
+def summary(art: Artifact) -> str:
+    """Documents kept per source, and any warnings (a fallback read, an empty source)."""
     m = art.metrics
-    console.print(f"dataset [bold]{art.id}[/]: {m['documents']:,} documents, "
-                  f"{m['characters']:,} characters in {m['parts']} part(s)")
-    for w in m.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    kept = ", ".join(f"{n} {x['documents_out']:,}/{x['documents_in']:,}"
+                     for n, x in m["sources"].items())
+    warnings = "".join(f"; warning: {w}" for w in m.get("warnings", []))
+    return f"{m['documents']:,} documents kept ({kept}){warnings}"
 
+
+@dataclass(frozen=True)
+class CurateSettings:
+    raw: dict[str, Any]  # the keys of a curation TOML (sources, filters, dedup, ...)
+    where: str = "curation recipe"  # named in errors
+    keep_run: bool = False  # keep the run folder (shards) after success
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> CurateSettings:
+        """A recipe step: its table is a curation TOML inline; local paths are relative to
+        the recipe file."""
+        return cls(with_paths_relative_to(values, base_dir, where), where)
+
+
+def run(ws: Workspace, s: CurateSettings, show_progress: bool = True) -> Outcome:
+    art = curate_stage(ws, s.raw, s.where, show_progress, s.keep_run)
+    return Outcome(art, summary(art))

@@ -1,11 +1,14 @@
-"""Data as recipe steps: the embedded corpus as a dataset artifact, and tokenizer training."""
+"""The data stages: the embedded corpus or your files as a dataset artifact, tokenizer
+training, and tokenization into shards. Each exports a settings type and a run function (the
+seam in lmforge/stage.py); the functions they call are usable on their own."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from lmforge.data.clean import clean_documents
 from lmforge.data.corpora.pydocs import build_pydocs_corpus, corpus_stats
 from lmforge.data.documents import (
     Document,
@@ -16,6 +19,7 @@ from lmforge.data.read import read_documents
 from lmforge.data.shards import tokenize_to_shards
 from lmforge.errors import LmforgeError
 from lmforge.registry import Artifact, Workspace, atomic_write_json
+from lmforge.stage import Outcome, check_keys
 from lmforge.tokenizer import train_tokenizer
 
 DOCUMENTS_FILE = "documents.jsonl"
@@ -116,25 +120,6 @@ def _single_input(ws: Workspace, ref: str) -> tuple[Iterator[Document], dict, di
     return docs, {}, {"inputs": [str(ref)]}
 
 
-def clean_stage(ws: Workspace, dataset_ref: str, min_chars: int = 64,
-                max_chars: int = 100_000) -> Artifact:
-    """Basic cleaning (normalize, length bounds, exact dedup) as a new dataset artifact."""
-    docs, parents, settings = _single_input(ws, dataset_ref)
-    kept, stats = clean_documents(docs, min_chars=min_chars, max_chars=max_chars)
-    if not kept:
-        raise LmforgeError(f"cleaning removed every document of {dataset_ref} "
-                           f"({stats['input']} in: {stats['removed']})",
-                           hint="check the input, or loosen --min-chars / --max-chars")
-    with ws.staging() as d:
-        write_documents_jsonl(kept, d / DOCUMENTS_FILE)
-        atomic_write_json(d / "stats.json", stats)
-        return ws.register(d, kind="dataset", stage="clean", parents=parents or None,
-                           settings={"min_chars": min_chars, "max_chars": max_chars,
-                                     **settings},
-                           metrics={"documents": stats["kept"],
-                                    "characters": stats["characters_out"], **stats})
-
-
 def tokenize_stage(ws: Workspace, dataset_ref: str, tokenizer_ref: str,
                    val_fraction: float | None = None, seed: int = 0, workers: int = 0,
                    show_progress: bool = True, val_data: str | None = None) -> Artifact:
@@ -166,3 +151,95 @@ def tokenize_stage(ws: Workspace, dataset_ref: str, tokenizer_ref: str,
                                     "train_documents": train["documents"],
                                     "val_documents": val["documents"],
                                     "val_bytes": val["bytes"], "dtype": index["dtype"]})
+
+
+def _dataset_summary(art: Artifact) -> str:
+    return f"{art.metrics['documents']:,} documents, {art.metrics['characters']:,} characters"
+
+
+def _listed(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    source: str = EMBEDDED  # the only embedded corpus
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> CorpusSettings:
+        check_keys(values, where, optional=("source",))
+        if values.get("source", EMBEDDED) != EMBEDDED:
+            raise LmforgeError(f"{where}: the only embedded corpus is '{EMBEDDED}'",
+                               hint='use stage = "files" for your own data')
+        return cls()
+
+
+def run_corpus(ws: Workspace, s: CorpusSettings, show_progress: bool = True) -> Outcome:
+    art = register_pydocs(ws)
+    return Outcome(art, _dataset_summary(art))
+
+
+@dataclass(frozen=True)
+class FilesSettings:
+    paths: tuple[str, ...]
+    text_field: str = "text"
+    name: str = "files"
+    split: str = "auto"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> FilesSettings:
+        check_keys(values, where, required=("paths",), optional=("text_field", "name", "split"))
+        paths = tuple(str(base_dir / p) for p in _listed(values["paths"]))
+        return cls(paths, **{k: v for k, v in values.items() if k != "paths"})
+
+
+def run_files(ws: Workspace, s: FilesSettings, show_progress: bool = True) -> Outcome:
+    art = register_files(ws, list(s.paths), s.text_field, s.name, split=s.split)
+    return Outcome(art, _dataset_summary(art))
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    inputs: tuple[str, ...] = (EMBEDDED,)  # files, folders, globs, dataset refs or pydocs
+    vocab_size: int = 4096
+    min_frequency: int = 2
+    text_field: str = "text"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path
+                  ) -> TokenizerSettings:
+        check_keys(values, where, required=("data", "vocab_size"),
+                   optional=("min_frequency", "text_field"))
+        values = dict(values)
+        return cls(tuple(_listed(values.pop("data"))), **values)
+
+
+def run_tokenizer(ws: Workspace, s: TokenizerSettings, show_progress: bool = True) -> Outcome:
+    art = train_tokenizer_stage(ws, list(s.inputs), s.vocab_size, s.min_frequency,
+                                s.text_field, show_progress=show_progress)
+    m = art.metrics
+    return Outcome(art, f"byte-level BPE, {m['vocab_size']} tokens, trained on "
+                        f"{m['documents']:,} documents ({m['characters']:,} characters)")
+
+
+@dataclass(frozen=True)
+class TokenizeSettings:
+    data: str
+    tokenizer: str
+    val_fraction: float | None = None  # default 0.05, or 0 with val_data
+    seed: int = 0
+    workers: int = 0  # processes (0 = one per core); changes no byte of the output
+    val_data: str | None = None  # a separate validation dataset
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> TokenizeSettings:
+        check_keys(values, where, required=("data", "tokenizer"),
+                   optional=("val_fraction", "seed", "val_data", "workers"))
+        return cls(**values)
+
+
+def run_tokenize(ws: Workspace, s: TokenizeSettings, show_progress: bool = True) -> Outcome:
+    art = tokenize_stage(ws, s.data, s.tokenizer, s.val_fraction, s.seed, s.workers,
+                         show_progress=show_progress, val_data=s.val_data)
+    m = art.metrics
+    return Outcome(art, f"{m['train_tokens']:,} train / {m['val_tokens']:,} val tokens")
