@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.errors import LmforgeError
+from lmforge.stage import check_keys
 
 BY = ("tokens", "documents", "characters")
 
@@ -87,10 +88,7 @@ def _check_weights(weights: dict[str, float], where: str, sources: Sequence[str]
 def check_mixture_settings(d: dict[str, Any], where: str, sources: Sequence[str]
                            ) -> MixtureSettings:
     """Mixture settings from a recipe's [balance] table, checked against the source names."""
-    unknown = sorted(set(d) - set(_KEYS))
-    if unknown:
-        raise LmforgeError(f"{where}: unknown setting(s) {', '.join(unknown)}",
-                           hint=f"known: {', '.join(_KEYS)}")
+    check_keys(d, where, optional=_KEYS)
     by = d.get("by", "tokens")
     if by not in BY:
         raise LmforgeError(f"{where}: by must be one of {', '.join(BY)}, not {by!r}")

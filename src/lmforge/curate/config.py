@@ -32,6 +32,7 @@ from lmforge.curate.filters import PRESETS, build_filters
 from lmforge.curate.pii import PII_KINDS
 from lmforge.data.readers import SPLITS
 from lmforge.errors import LmforgeError
+from lmforge.stage import check_keys
 
 _TOP_KEYS = ("sources", "filters", "pii", "dedup", "decontaminate", "balance", "workers",
              "executor",
@@ -101,13 +102,6 @@ def _table(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def _unknown(d: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    extra = sorted(set(d) - set(allowed))
-    if extra:
-        raise LmforgeError(f"{where}: unknown setting(s) {', '.join(extra)}",
-                           hint=f"valid: {', '.join(allowed)}")
-
-
 def _int(value: Any, name: str, where: str, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise LmforgeError(f"{where}: {name} must be an integer ≥ {low}, not {value!r}")
@@ -127,7 +121,7 @@ def _source(name: str, raw: Any, where: str) -> SourceConfig:
     if isinstance(raw, (str, list)):  # shorthand: `web = "crawl/*.jsonl"`
         raw = {"paths": raw}
     raw = _table(raw, here)
-    _unknown(raw, _SOURCE_KEYS, here)
+    check_keys(raw, here, optional=_SOURCE_KEYS)
     if "paths" not in raw:
         raise LmforgeError(f"{here}: no paths", hint='add paths = ["file-or-folder", ...]')
     preset = raw.get("preset", "docs" if raw["paths"] in ("pydocs", ["pydocs"]) else "web")
@@ -145,7 +139,7 @@ def _source(name: str, raw: Any, where: str) -> SourceConfig:
 
 def _decontam(raw: dict[str, Any], where: str) -> DecontamConfig:
     here = f"{where} [decontaminate]"
-    _unknown(raw, ("ngram", "action", "builtin", "eval_sets"), here)
+    check_keys(raw, here, optional=("ngram", "action", "builtin", "eval_sets"))
     action = raw.get("action", "drop")
     if action not in ("drop", "flag"):
         raise LmforgeError(f"{here}: action must be 'drop' or 'flag', not {action!r}")
@@ -157,7 +151,7 @@ def _decontam(raw: dict[str, Any], where: str) -> DecontamConfig:
     specs = []
     for i, item in enumerate(raw.get("eval_sets", [])):
         item = _table(item, f"{here} eval_sets[{i}]")
-        _unknown(item, ("name", "path", "fields"), f"{here} eval_sets[{i}]")
+        check_keys(item, f"{here} eval_sets[{i}]", optional=("name", "path", "fields"))
         if "name" not in item or "path" not in item:
             raise LmforgeError(f"{here} eval_sets[{i}]: needs name and path")
         specs.append(EvalSetSpec(str(item["name"]), str(item["path"]),
@@ -168,7 +162,7 @@ def _decontam(raw: dict[str, Any], where: str) -> DecontamConfig:
 def parse_config(raw: dict[str, Any], where: str = "curation recipe") -> CurationConfig:
     """Check a curation table and build the config; every problem names `where` and the key."""
     raw = _table(raw, where)
-    _unknown(raw, _TOP_KEYS, where)
+    check_keys(raw, where, optional=_TOP_KEYS)
     sources_raw = _table(raw.get("sources", {}), f"{where} [sources]")
     if not sources_raw:
         raise LmforgeError(f"{where}: no sources",
@@ -179,7 +173,7 @@ def parse_config(raw: dict[str, Any], where: str = "curation recipe") -> Curatio
         s.filters = {**global_filters, **s.filters}
         build_filters(s.preset, s.filters, where=f"{where} [sources.{s.name}]")
     pii = _table(raw.get("pii", {}), f"{where} [pii]")
-    _unknown(pii, ("enabled", "kinds"), f"{where} [pii]")
+    check_keys(pii, f"{where} [pii]", optional=("enabled", "kinds"))
     kinds = _strings(pii.get("kinds", list(PII_KINDS)), "kinds", f"{where} [pii]")
     bad = [k for k in kinds if k not in PII_KINDS]
     if bad:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.errors import LmforgeError
+from lmforge.stage import check_keys
 
 _U32 = np.uint32
 _U64 = np.uint64
@@ -153,10 +154,7 @@ _MINHASH_KEYS = {"ngram": (1, 64), "bands": (1, 512), "rows": (1, 64), "seed": (
 
 def check_minhash_settings(d: dict[str, Any], where: str) -> MinHashSettings:
     """MinHash settings from a recipe table (keys ngram, bands, rows, seed; all optional)."""
-    unknown = sorted(set(d) - set(_MINHASH_KEYS))
-    if unknown:
-        raise LmforgeError(f"{where}: unknown MinHash setting(s) {', '.join(unknown)}",
-                           hint=f"known: {', '.join(_MINHASH_KEYS)}")
+    check_keys(d, f"{where} (MinHash)", optional=_MINHASH_KEYS)
     values: dict[str, int] = {}
     for key, (low, high) in _MINHASH_KEYS.items():
         if key not in d:
