@@ -310,7 +310,7 @@ def _task_bar(total: int, enabled: bool, desc: str):
     if not enabled or total == 0:
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, leave=False)
+    return tqdm(total=total, desc=desc, leave=False, disable=None)  # None: off when not a tty
 
 
 def settings_dict(settings: EvalSettings) -> dict[str, Any]:

@@ -309,4 +309,4 @@ def _bar(total: int, enabled: bool, desc: str):
     if not enabled or total == 0:
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, leave=False)
+    return tqdm(total=total, desc=desc, leave=False, disable=None)  # None: off when not a tty
