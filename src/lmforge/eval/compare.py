@@ -20,8 +20,6 @@ the per-item mean.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from lmforge.errors import LmforgeError
@@ -179,7 +177,3 @@ def compare_reports(a: dict, b: dict, iters: int = 2000, seed: int = 0, alpha: f
         "only_in_b": sorted(set(tasks_b) - set(tasks_a)),
         "rows": rows,
     }
-
-
-def significant_rows(cmp: dict) -> Sequence[dict]:
-    return [r for r in cmp["rows"] if r["significant"]]

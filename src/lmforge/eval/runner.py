@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -311,7 +311,3 @@ def _task_bar(total: int, enabled: bool, desc: str):
         return None
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, leave=False, disable=None)  # None: off when not a tty
-
-
-def settings_dict(settings: EvalSettings) -> dict[str, Any]:
-    return asdict(settings)

@@ -51,7 +51,6 @@ from lmforge.eval.tasks import (
 # Items per multiple-choice / last-word task unless the caller lifts it: enough for a
 # stderr near 2 points (sqrt(.25/500) = 0.022) at a CPU-friendly cost.
 DEFAULT_LIMIT = 500
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 default_data_root = eval_data_root  # --data-root, $LMFORGE_EVAL_DATA, ../shared/data
