@@ -1,4 +1,4 @@
-"""`lmforge tokenize` and `lmforge pretrain`: stage 4."""
+"""`lmforge tokenize`, `lmforge pretrain` (stage 4) and `lmforge finetune` (stage 6)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from lmforge._toml import load_toml_file
 from lmforge.cli.app import app, console, workspace
 from lmforge.data.stage import TokenizeSettings, run_tokenize
 from lmforge.errors import LmforgeError
+from lmforge.train.finetune import FinetuneSettings, training_settings
+from lmforge.train.finetune import run as run_finetune
 from lmforge.train.loop import Interrupted
 from lmforge.train.stage import PretrainSettings, resume_values
 from lmforge.train.stage import run as run_pretrain
@@ -108,3 +110,62 @@ def pretrain(
         console.print(f"{e}; continue with the same command or --resume")
         raise typer.Exit(130) from None
     console.print(f"model [bold]{out.artifact.id}[/] (pretrained): {out.summary}")
+
+
+_FINETUNE_HELP = """Stage 6: fine-tune a model with the same loop as pretraining.
+
+\b
+  lmforge finetune MODEL --method domain --data legal_docs/ --replay 0.1
+      continued pretraining on a focused corpus; a tenth of the
+      sequences replay the base's own pretraining tokens; domain and
+      general bits per byte are measured before and after
+  lmforge finetune MODEL --method sft --data chats.jsonl
+      chat tuning: loss on assistant tokens only, conversations
+      packed several to a row with document masks
+
+Domain data: files, folders, globs, dataset artifacts or 'pydocs'. SFT data: chat JSONL \
+(OpenAI messages, or Alpaca / Dolly / self-instruct records). The result is a model in \
+state `tuned` whose parent is the base. The same command continues after any stop.
+"""
+
+
+@app.command(rich_help_panel=PANEL, help=_FINETUNE_HELP)
+def finetune(
+    model: str = typer.Argument(..., help="The model to tune (id, prefix or alias)."),
+    method: str = typer.Option(..., "--method", help="domain or sft."),
+    data: list[str] = typer.Option(..., "--data", "-d", help="Repeatable. Training data."),
+    val_data: list[str] = typer.Option([], "--val-data", help="Repeatable. A separate "
+                                                              "validation set."),
+    val_fraction: float = typer.Option(0.05, help="Share held out for validation (without "
+                                                  "--val-data)."),
+    replay: float = typer.Option(0.0, help="domain: share of training sequences replayed from "
+                                           "the base's pretraining data."),
+    text_field: str = typer.Option("text", help="JSONL field holding the text (domain)."),
+    config: str = typer.Option(None, help="A TOML file whose [train] table holds settings."),
+    steps: int = typer.Option(None, help="Optimizer steps (default: one epoch)."),
+    epochs: float = typer.Option(None, help="Passes over the training data [default: 1]."),
+    lr: float = typer.Option(None, help="Peak learning rate (AdamW) [default: 3e-4]."),
+    optimizer: str = typer.Option(None, help="adamw, or muon (hidden matrices) + AdamW."),
+    batch_tokens: int = typer.Option(None, help="Tokens per optimizer step [default: 4096]."),
+    micro_batch: int = typer.Option(None, help="Rows per forward/backward [default: 8]."),
+    seq_len: int = typer.Option(None, help="Row length [default: 256]."),
+    eval_every: int = typer.Option(None, help="Validate every N steps."),
+    seed: int = typer.Option(None, help="Seed of data order and the validation split."),
+    device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1, mps."),
+) -> None:
+    values: dict = {}
+    if config is not None:
+        values.update(load_toml_file(Path(config), "config file").get("train", {}))
+    flags = dict(steps=steps, epochs=epochs, lr=lr, optimizer=optimizer,
+                 batch_tokens=batch_tokens, micro_batch=micro_batch, seq_len=seq_len,
+                 eval_every=eval_every, seed=seed, device=device)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    settings = FinetuneSettings(model, method, tuple(data),
+                                training_settings(values, "finetune settings"),
+                                tuple(val_data), val_fraction, replay, text_field)
+    try:
+        out = run_finetune(workspace(), settings)
+    except Interrupted as e:
+        console.print(f"{e}; continue with the same command")
+        raise typer.Exit(130) from None
+    console.print(f"model [bold]{out.artifact.id}[/] (tuned): {out.summary}", highlight=False)

@@ -37,6 +37,8 @@ from lmforge.model.stage import InitSettings
 from lmforge.model.stage import run as run_init
 from lmforge.registry import Workspace
 from lmforge.stage import Outcome
+from lmforge.train.finetune import FinetuneSettings
+from lmforge.train.finetune import run as run_finetune
 from lmforge.train.stage import PretrainSettings
 from lmforge.train.stage import run as run_pretrain
 
@@ -78,6 +80,7 @@ STAGES: dict[str, Callable[[Context, str, dict[str, Any]], StepOutput]] = {
     "init": seam(InitSettings, run_init),
     "tokenize": seam(TokenizeSettings, run_tokenize),
     "pretrain": seam(PretrainSettings, run_pretrain),
+    "finetune": seam(FinetuneSettings, run_finetune),
     "eval": seam(EvalStageSettings, run_eval),
     "compare": seam(CompareSettings, run_compare),
 }

@@ -1,0 +1,75 @@
+"""`lmforge finetune --method domain`: continued pretraining through the one loop, with replay
+and bits per byte before and after; its refusals."""
+
+import json
+
+import pytest
+
+from lmforge.registry import Workspace
+from test_cli import artifact_id, corpus_file, design_file, one_clean_error  # noqa: F401
+from test_pretrain_cli import ARGS, setup  # noqa: F401
+
+TUNE = ("--batch-tokens", "256", "--micro-batch", "4", "--seq-len", "32", "--eval-every", "10",
+        "--device", "cpu")
+
+
+@pytest.fixture
+def pretrained(cli, setup):  # noqa: F811
+    code, out, err = cli("pretrain", "--model", setup["model"], "--data", setup["tokens"], *ARGS)
+    assert code == 0, err
+    return {**setup, "base": artifact_id(out, "model")}
+
+
+@pytest.fixture
+def domain(tmp_path):
+    """A small corpus unlike the pretraining text: the model must learn it."""
+    folder = tmp_path / "domain"
+    folder.mkdir()
+    for i in range(12):
+        clauses = [f"Clause {j}: the party of part {i} shall pay {j * 7 % 13} florins"
+                   for j in range(10)]
+        (folder / f"contract{i}.txt").write_text(". ".join(clauses) + ".")
+    return folder
+
+
+def test_domain_tuning_lowers_domain_bpb_and_records_forgetting(cli, pretrained, domain):
+    code, out, err = cli("finetune", pretrained["base"], "--method", "domain", "--data", domain,
+                         "--replay", "0.2", "--steps", "20", "--lr", "3e-3",
+                         "--val-fraction", "0.25", *TUNE)
+    assert code == 0, err
+    tuned = artifact_id(out, "model")
+    assert "domain bpb" in out and "general bpb" in out
+    ws = Workspace.open(cli.workspace)
+    try:
+        art = ws.resolve(tuned)
+    finally:
+        ws.close()
+    m = art.metrics
+    assert m["domain_bpb_after"] < 0.8 * m["domain_bpb_before"]  # it learned the domain
+    assert {"general_bpb_before", "general_bpb_after"} <= set(m)  # forgetting is measured
+    assert art.parents["base"] == pretrained["base"]
+    assert art.parents["replay"] == pretrained["tokens"]
+    _, states, _ = cli("registry", "ls", "--state", "tuned", "--json")
+    assert json.loads(states.splitlines()[0])["id"] == tuned
+
+
+def test_the_same_command_is_the_same_artifact(cli, pretrained, domain):
+    args = ("finetune", pretrained["base"], "--method", "domain", "--data", domain,
+            "--steps", "3", *TUNE)
+    first = artifact_id(cli(*args)[1], "model")
+    again = artifact_id(cli(*args)[1], "model")  # resumes the finished run: nothing retrained
+    assert first == again
+
+
+def test_bad_fine_tuning_requests_are_refused(cli, setup, pretrained, domain):  # noqa: F811
+    code, _, err = cli("finetune", pretrained["base"], "--method", "rlhf", "--data", domain)
+    one_clean_error(code, err, "unknown fine-tuning method", "domain, sft")
+    code, _, err = cli("finetune", setup["model"], "--method", "domain", "--data", domain,
+                       "--replay", "0.1", "--steps", "2", *TUNE)
+    one_clean_error(code, err, "--replay needs the base's pretraining data")
+    code, _, err = cli("finetune", pretrained["base"], "--method", "domain", "--data", domain,
+                       "--replay", "1.5")
+    one_clean_error(code, err, "replay must be in [0, 1)")
+    code, _, err = cli("finetune", pretrained["base"], "--method", "domain", "--data",
+                       domain / "nothing-here.txt", "--steps", "2", *TUNE)
+    assert code == 2 and "Traceback" not in err
