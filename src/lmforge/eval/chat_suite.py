@@ -285,27 +285,11 @@ def edge_cases(tok: Any, context_length: int) -> list[EdgeCase]:
 
 
 def require_chat_template(tok: Any, model: str = "the model") -> None:
-    """Raise a clear LmforgeError unless `tok` renders chats with role and end tokens."""
-    from lmforge.tokenizer import ASSISTANT, END, USER
+    """Raise a clear LmforgeError unless `tok` renders chats with role and end tokens (the
+    check lives in the engine, which `lmforge chat` shares)."""
+    from lmforge.engine.chat import require_chat_template as check
 
-    problems = []
-    if not callable(getattr(tok, "render_chat", None)):
-        problems.append("its tokenizer cannot render a chat")
-    for attr, spelling in (("user_id", USER), ("assistant_id", ASSISTANT), ("end_id", END)):
-        token_id = getattr(tok, attr, None)
-        if not isinstance(token_id, int):
-            problems.append(f"no {spelling} token")
-        elif callable(getattr(tok, "id_to_token", None)) and tok.id_to_token(token_id) != spelling:
-            problems.append(f"id {token_id} is {tok.id_to_token(token_id)!r}, not {spelling}")
-    if hasattr(tok, "chat_template") and not tok.chat_template:
-        problems.append("no chat template")
-    if problems:
-        raise LmforgeError(
-            f"{model} has no chat template ({'; '.join(problems)}), so the chat suite cannot "
-            "talk to it",
-            hint="evaluate a model whose tokenizer has lmforge's role tokens and chat template: "
-                 "every tokenizer from `lmforge tokenizer train --input FILES` does, and models "
-                 "built on it with `lmforge init` inherit it")
+    check(tok, model, consequence="the chat suite cannot talk to it")
 
 
 def _setting(settings: Any, name: str, default: Any) -> Any:
