@@ -4,6 +4,8 @@ and bits per byte before and after; its refusals."""
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from lmforge.registry import Workspace
 from test_cli import artifact_id, corpus_file, design_file, one_clean_error  # noqa: F401
@@ -73,3 +75,34 @@ def test_bad_fine_tuning_requests_are_refused(cli, setup, pretrained, domain):  
     code, _, err = cli("finetune", pretrained["base"], "--method", "domain", "--data",
                        domain / "nothing-here.txt", "--steps", "2", *TUNE)
     assert code == 2 and "Traceback" not in err
+
+
+def test_lora_trains_adapters_only_and_merges_into_a_plain_model(cli, pretrained, domain):
+    code, out, err = cli("finetune", pretrained["base"], "--method", "domain", "--data", domain,
+                         "--lora", "r=4,alpha=8,targets=q_proj+v_proj", "--steps", "6",
+                         "--lr", "3e-3", *TUNE)
+    assert code == 0, err
+    adapter = artifact_id(out, "lora-adapter")
+    code, out, err = cli("merge-lora", adapter)
+    assert code == 0, err
+    merged = artifact_id(out, "model")
+    ws = Workspace.open(cli.workspace)
+    try:
+        art = ws.resolve(adapter)
+        assert art.metrics["trainable_fraction"] < 0.1
+        assert art.parents["base"] == pretrained["base"]
+        base = load_file(str(ws.resolve(pretrained["base"]).file("model.safetensors")))
+        tuned = load_file(str(ws.resolve(merged).file("model.safetensors")))
+    finally:
+        ws.close()
+    assert set(base) == set(tuned)  # a plain model: no adapter tensors left
+    changed = {n for n in base if not torch.equal(base[n], tuned[n])}
+    assert changed and all("q_proj" in n or "v_proj" in n for n in changed)
+
+
+def test_bad_lora_settings_are_refused(cli, pretrained, domain):
+    for spec, words in (("r=0", "r"), ("rank=4", "unknown setting"),
+                        ("targets=attn", "attn")):
+        code, _, err = cli("finetune", pretrained["base"], "--method", "domain", "--data",
+                           domain, "--lora", spec, "--steps", "2", *TUNE)
+        one_clean_error(code, err, words)

@@ -10,7 +10,7 @@ from lmforge._toml import load_toml_file
 from lmforge.cli.app import app, console, workspace
 from lmforge.data.stage import TokenizeSettings, run_tokenize
 from lmforge.errors import LmforgeError
-from lmforge.train.finetune import FinetuneSettings, training_settings
+from lmforge.train.finetune import FinetuneSettings, lora_options, training_settings
 from lmforge.train.finetune import run as run_finetune
 from lmforge.train.loop import Interrupted
 from lmforge.train.stage import PretrainSettings, resume_values
@@ -141,6 +141,10 @@ def finetune(
     replay: float = typer.Option(0.0, help="domain: share of training sequences replayed from "
                                            "the base's pretraining data."),
     text_field: str = typer.Option("text", help="JSONL field holding the text (domain)."),
+    lora: str = typer.Option(None, help="Train LoRA adapters only, e.g. r=16,alpha=32,"
+                                        "dropout=0.05,targets=q_proj+v_proj ('' for the "
+                                        "defaults); the result is a lora-adapter artifact "
+                                        "(lmforge merge-lora makes a plain model of it)."),
     config: str = typer.Option(None, help="A TOML file whose [train] table holds settings."),
     steps: int = typer.Option(None, help="Optimizer steps (default: one epoch)."),
     epochs: float = typer.Option(None, help="Passes over the training data [default: 1]."),
@@ -162,10 +166,12 @@ def finetune(
     values.update({k: v for k, v in flags.items() if v is not None})
     settings = FinetuneSettings(model, method, tuple(data),
                                 training_settings(values, "finetune settings"),
-                                tuple(val_data), val_fraction, replay, text_field)
+                                tuple(val_data), val_fraction, replay, text_field,
+                                lora=() if lora is None else lora_options(lora, "--lora"))
     try:
         out = run_finetune(workspace(), settings)
     except Interrupted as e:
         console.print(f"{e}; continue with the same command")
         raise typer.Exit(130) from None
-    console.print(f"model [bold]{out.artifact.id}[/] (tuned): {out.summary}", highlight=False)
+    what = "adapter" if out.artifact.kind == "lora-adapter" else "model"
+    console.print(f"{what} [bold]{out.artifact.id}[/] (tuned): {out.summary}", highlight=False)

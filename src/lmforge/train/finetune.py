@@ -58,6 +58,7 @@ class FinetuneSettings:
     replay: float = 0.0  # domain: share of training sequences replayed from pretraining
     text_field: str = "text"
     prompts: tuple[str, ...] = field(default=())  # shown at intervals and at the end
+    lora: tuple[tuple[str, Any], ...] = ()  # r, alpha, dropout, targets: train adapters only
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -77,7 +78,7 @@ class FinetuneSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> FinetuneSettings:
         own = ("model", "method", "data", "val_data", "val_fraction", "replay", "text_field",
-               "prompts")
+               "prompts", "lora")
         values = dict(values)
         mine = {k: values.pop(k) for k in own if k in values}
         check_keys(mine, where, required=("model", "method", "data"), optional=own)
@@ -86,7 +87,44 @@ class FinetuneSettings:
                 mine[key] = tuple(_relative(base_dir, p) for p in _listed(mine[key]))
         if "prompts" in mine:
             mine["prompts"] = tuple(_listed(mine["prompts"]))
+        if "lora" in mine:
+            mine["lora"] = lora_options(mine["lora"], where)
         return cls(train=training_settings(values, where), **mine)
+
+
+def lora_options(spec: str | dict[str, Any] | bool, where: str) -> tuple[tuple[str, Any], ...]:
+    """LoRA settings from `r=16,alpha=32,dropout=0.05,targets=q_proj+v_proj` (the CLI) or a
+    table (a recipe); `true` takes the defaults. Targets default to the attention projections
+    (1.4% of the tiny model's parameters at r=8)."""
+    from lmforge.model.lora import ATTENTION, check_lora_args
+
+    if spec is True or spec == "":
+        spec = {}
+    if isinstance(spec, str):
+        table: dict[str, Any] = {}
+        for part in spec.split(","):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise LmforgeError(f"{where}: cannot read LoRA setting {part!r}",
+                                   hint="write --lora r=16,alpha=32,targets=q_proj+v_proj")
+            table[key.strip()] = value.strip()
+        spec = table
+    if not isinstance(spec, dict):
+        raise LmforgeError(f"{where}: lora must be a table or r=...,alpha=... text")
+    check_keys(spec, f"{where} (lora)", optional=("r", "alpha", "dropout", "targets"))
+    try:
+        r = int(spec.get("r", 16))
+        alpha = float(spec.get("alpha", 2 * r))
+        dropout = float(spec.get("dropout", 0.0))
+    except ValueError as e:
+        raise LmforgeError(f"{where}: LoRA setting is not a number ({e})",
+                           hint="e.g. r=16,alpha=32,dropout=0.05") from None
+    targets = spec.get("targets", ATTENTION)
+    if isinstance(targets, str):
+        targets = [t for t in targets.replace("+", " ").replace(";", " ").split() if t]
+    targets = tuple(str(t) for t in targets)
+    check_lora_args(r, alpha, dropout, targets)
+    return (("r", r), ("alpha", alpha), ("dropout", dropout), ("targets", targets))
 
 
 def training_settings(values: dict[str, Any], where: str) -> TrainSettings:
@@ -283,6 +321,11 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
                                              "settings": t.to_dict()})
     device = resolve_device(t.device)
     amp = autocast_dtype(t, device)
+    if s.lora:
+        from lmforge.model.lora import apply_lora
+
+        torch.manual_seed(t.seed)  # the adapters' A matrices: the same run, the same adapter
+        apply_lora(model, **dict(s.lora))
     model.to(device)
     probes = _probes(ws, base, s, val_seqs, val_bytes) if s.method == "domain" else []
     before = {p.name: _bits_per_byte(model, p.source, device, amp, p.scale) for p in probes}
@@ -306,6 +349,18 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
     body = (f"Fine-tuned ({s.method}) from {base.id} on {', '.join(s.data)} for "
             f"{result.steps} steps ({result.tokens:,} learned tokens); validation loss "
             f"{result.val_loss:.3f}.")
+    settings = {"method": s.method, "data": list(s.data), "val_data": list(s.val_data),
+                "val_fraction": s.val_fraction, "replay": s.replay, **t.to_dict()}
+    if s.lora:
+        from lmforge.model.lora import save_adapter, trainable_fraction
+
+        metrics["trainable_fraction"] = trainable_fraction(model)
+        parents.pop("base")
+        art = save_adapter(ws, model, base, settings, metrics, parents,
+                           name=f"{model.design.name}-{s.method}-lora")
+        return Outcome(art, summary(metrics) + f"; LoRA adapter, "
+                                                f"{metrics['trainable_fraction']:.2%} trained",
+                       result)
     with ws.staging() as d:
         save_model_dir(model, d, tok, model_card(model.design,
                                                  f"{model.design.name} ({s.method})", body))
@@ -313,11 +368,7 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
         if samples:
             atomic_write_json(d / "samples.json", samples)
         art = ws.register(d, kind="model", stage="finetune", parents=parents,
-                          settings={"method": s.method, "data": list(s.data),
-                                    "val_data": list(s.val_data),
-                                    "val_fraction": s.val_fraction, "replay": s.replay,
-                                    **t.to_dict()},
-                          metrics=metrics, state="tuned",
+                          settings=settings, metrics=metrics, state="tuned",
                           name=f"{model.design.name}-{s.method}")
     return Outcome(art, summary(metrics), result)
 

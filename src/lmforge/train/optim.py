@@ -12,12 +12,14 @@ OPTIMIZERS = ("adamw", "muon")
 
 
 def param_groups(model: Transformer) -> tuple[list, list, list]:
-    """(hidden matrices, embedding/head matrices, 1-D gains). A tied weight appears once."""
+    """(hidden matrices, embedding/head matrices, parameters without weight decay: 1-D gains
+    and LoRA adapters, which AdamW trains without decay under either optimizer, as LoRA's
+    authors and peft do). A tied weight appears once; frozen parameters are left out."""
     hidden, embed, gains = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2:
+        if p.ndim < 2 or ".lora_" in name:
             gains.append(p)
         elif "embed_tokens" in name or "lm_head" in name:
             embed.append(p)
