@@ -11,6 +11,8 @@ from lmforge.registry import Workspace
 from test_cli import artifact_id, corpus_file, design_file, one_clean_error  # noqa: F401
 from test_pretrain_cli import ARGS, setup  # noqa: F401
 
+SFT_TUNE = ("--batch-tokens", "512", "--micro-batch", "4", "--seq-len", "64", "--eval-every",
+            "10", "--device", "cpu")
 TUNE = ("--batch-tokens", "256", "--micro-batch", "4", "--seq-len", "32", "--eval-every", "10",
         "--device", "cpu")
 
@@ -106,3 +108,52 @@ def test_bad_lora_settings_are_refused(cli, pretrained, domain):
         code, _, err = cli("finetune", pretrained["base"], "--method", "domain", "--data",
                            domain, "--lora", spec, "--steps", "2", *TUNE)
         one_clean_error(code, err, words)
+
+
+def _chats(path, n=60):
+    """Question/answer conversations of a fixed shape (some with a system prompt), as JSONL."""
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        messages = [{"role": "user", "content": f"What is {a} plus {b}?"},
+                    {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]
+        if i % 3 == 0:
+            messages.insert(0, {"role": "system", "content": "Answer briefly."})
+        rows.append(json.dumps({"messages": messages}))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_sft_learns_assistant_turns_only(cli, pretrained, tmp_path):
+    data = _chats(tmp_path / "chats.jsonl")
+    code, out, err = cli("finetune", pretrained["base"], "--method", "sft", "--data", data,
+                         "--steps", "150", "--lr", "3e-3", "--val-fraction", "0.2", *SFT_TUNE)
+    assert code == 0, err
+    tuned = artifact_id(out, "model")
+    ws = Workspace.open(cli.workspace)
+    try:
+        art = ws.resolve(tuned)
+        samples = json.loads(art.file("samples.json").read_text())
+    finally:
+        ws.close()
+    assert art.metrics["method"] == "sft"
+    assert art.metrics["val_loss"] < 0.5 * art.metrics["val_loss_before"]
+    # Held-out questions are answered in the trained shape.
+    assert samples and all(" plus " in s.split("→")[1] for s in samples)
+
+
+def test_bad_chat_data_is_refused_before_training(cli, pretrained, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                            {"role": "wizard", "content": "boo"}]}) + "\n")
+    code, _, err = cli("finetune", pretrained["base"], "--method", "sft", "--data", bad,
+                       "--steps", "2", *SFT_TUNE)
+    one_clean_error(code, err, "bad.jsonl:1", "wizard")
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text(json.dumps({"question": "hi", "reply": "there"}) + "\n")
+    code, _, err = cli("finetune", pretrained["base"], "--method", "sft", "--data", odd,
+                       "--steps", "2", *SFT_TUNE)
+    one_clean_error(code, err, "odd.jsonl:1")

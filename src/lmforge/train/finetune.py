@@ -215,7 +215,7 @@ def _sft_data(ws: Workspace, s: FinetuneSettings, tok: Tokenizer
                                 "--val-data")
 
     def encode(convs) -> list[Sequence_]:
-        return [encode_conversation(tok, c.messages, max_tokens=s.train.seq_len + 1)
+        return [encode_conversation(tok, c, max_tokens=s.train.seq_len + 1)
                 for c in convs]
 
     prompts = []
@@ -329,6 +329,7 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
     model.to(device)
     probes = _probes(ws, base, s, val_seqs, val_bytes) if s.method == "domain" else []
     before = {p.name: _bits_per_byte(model, p.source, device, amp, p.scale) for p in probes}
+    val_before = evaluate(model, NextToken(), source, device, amp)["loss"]
     torch.manual_seed(t.seed)
     try:
         result = train(model, NextToken(), source, t, run_dir, sample=_sampler(tok, prompts),
@@ -339,7 +340,7 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
     model.to("cpu").float()
     metrics: dict[str, Any] = {"method": s.method, "steps": result.steps,
                                "tokens": result.tokens, "train_loss": result.train_loss,
-                               "val_loss": result.val_loss,
+                               "val_loss_before": val_before, "val_loss": result.val_loss,
                                "train_seconds": round(result.seconds, 1),
                                "train_sequences": len(train_seqs)}
     for name in before:
@@ -375,7 +376,8 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
 
 def summary(m: dict[str, Any]) -> str:
     line = (f"{m['method']}: {m['steps']} steps, {m['tokens']:,} learned tokens in "
-            f"{m['train_seconds']:.0f} s; val loss {m['val_loss']:.3f}")
+            f"{m['train_seconds']:.0f} s; val loss {m['val_loss_before']:.3f} → "
+            f"{m['val_loss']:.3f}")
     for name in ("domain", "general"):
         if f"{name}_bpb_before" in m:
             line += (f"; {name} bpb {m[f'{name}_bpb_before']:.3f} → "
