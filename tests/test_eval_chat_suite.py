@@ -85,7 +85,7 @@ def test_long_prompt_is_cut_from_the_left_keeping_the_chat_framing(tok):
 
 def test_end_to_end_on_a_tiny_random_model(model, tok):
     tasks = cs.run_chat_suite(model, tok, {"max_new_tokens": 4}, limit=5, progress=False)
-    assert set(tasks) == {"ifeval", "edge_cases"}
+    assert set(tasks) == {"ifeval", "edge_cases", "pydocs_qa"}
     json.dumps(tasks)  # the report is JSON
     for entry in tasks.values():
         assert entry["kind"] == "generation" and entry["n"] == 5 == len(entry["items"])

@@ -1,6 +1,7 @@
-"""The chat suite: IFEval-style instruction prompts and edge cases, judged by programs.
+"""The chat suite: IFEval-style instruction prompts, edge cases and answers about held-out
+functions, judged by programs.
 
-Two tasks for a report (kind "generation"):
+Three tasks for a report (kind "generation"):
 - `ifeval`: ~100 prompts built deterministically from templates x topics x instruction kinds
   (a seeded RNG; every kind appears), each with 1-3 compatible verifiable instructions
   (`lmforge.eval.instructions`). Metrics: prompt- and instruction-level accuracy, strict
@@ -9,6 +10,9 @@ Two tasks for a report (kind "generation"):
   longer than the context (truncated from the left, with a note), text that spells chat
   control tokens, stay-on-topic prompts and an open-ended story, each with program checks:
   non-empty, no degenerate repetition, and where it applies a word limit or topic overlap.
+- `pydocs_qa` (`lmforge.eval.pydocs_qa`): questions about functions of the embedded corpus
+  held out of the built-in SFT data; the share of answers that are summary-shaped (end the
+  turn, on topic, not a copy of the question, one short sentence).
 
 Every prompt goes through `tok.render_chat` as one user message with the generation prompt,
 and `generate_tokens` until an end/EOS/role token or `max_new_tokens`; greedy unless settings
@@ -356,11 +360,14 @@ def _metric(values: Sequence[float]) -> dict:
 
 def run_chat_suite(model: Any, tok: Any, settings: Any, limit: int | None = None,
                    progress: bool = True) -> dict[str, dict]:
-    """Run `ifeval` and `edge_cases` through the model; task entries of the report schema.
+    """Run `ifeval`, `edge_cases` and `pydocs_qa` through the model; task entries of the
+    report schema.
 
     Reads from `settings` (an EvalSettings, a mapping or any object; missing = default):
     max_new_tokens (128), seed (0), temperature (0 = greedy), top_k (0), top_p (1.0),
-    chat_prompts (100 instruction prompts), limit (items per task; the argument wins).
+    chat_prompts (100 instruction prompts), limit (items per task; the argument wins),
+    batch_size (32, pydocs_qa's decoding batch). pydocs_qa's budget is max_new_tokens too,
+    64 when settings do not name it.
     """
     from lmforge.engine.sampling import SamplingParams
 
@@ -400,9 +407,12 @@ def run_chat_suite(model: Any, tok: Any, settings: Any, limit: int | None = None
         ifeval_items, ifeval_seconds = answer_all(prompts, _ifeval_item)
         edge_items, edge_seconds = answer_all(cases, _edge_item)
     source = f"builtin:chat (seed={seed}, prompts={n_prompts})"
+    from lmforge.eval.pydocs_qa import run_pydocs_qa
+
     return {
         "ifeval": _ifeval_entry(ifeval_items, source, ifeval_seconds),
         "edge_cases": _edge_entry(edge_items, source, edge_seconds),
+        "pydocs_qa": run_pydocs_qa(model, tok, settings, limit, progress),
     }
 
 
