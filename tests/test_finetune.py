@@ -157,3 +157,36 @@ def test_bad_chat_data_is_refused_before_training(cli, pretrained, tmp_path):
     code, _, err = cli("finetune", pretrained["base"], "--method", "sft", "--data", odd,
                        "--steps", "2", *SFT_TUNE)
     one_clean_error(code, err, "odd.jsonl:1")
+
+
+def test_recipe_data_falls_back_to_its_public_source_only_when_absent(tmp_path):
+    from lmforge.train.finetune import FinetuneSettings, data_refs, training_settings
+
+    here = tmp_path / "chats.jsonl"
+    here.write_text("{}\n")
+    t = training_settings({}, "test")
+    local = FinetuneSettings("m", "sft", (str(here),), t, fallback=("hf:tatsu-lab/alpaca",))
+    assert data_refs(local) == ([str(here)], None)
+    gone = FinetuneSettings("m", "sft", (str(tmp_path / "gone.jsonl"),), t,
+                            fallback=("hf:tatsu-lab/alpaca",))
+    refs, note = data_refs(gone)
+    assert refs == ["hf:tatsu-lab/alpaca"] and "absent; read its fallback" in note
+    builtin = FinetuneSettings("m", "sft", ("pydocs-chat",), t, fallback=("hf:x",))
+    assert data_refs(builtin)[0] == ["pydocs-chat"]  # a built-in name is not a missing file
+
+
+def test_chat_recipe_loads_and_points_at_the_shared_instructions(shared_data):
+    from pathlib import Path
+
+    from lmforge.lifecycle.recipe import load_recipe
+    from lmforge.lifecycle.stages import STAGES
+    from lmforge.train.finetune import FinetuneSettings, data_refs
+
+    path = Path(__file__).parents[1] / "recipes" / "chat.toml"
+    recipe = load_recipe(str(path), [], tuple(STAGES))
+    step = next(s for s in recipe.steps if s.name == "sft")
+    params = {k: v for k, v in step.params.items() if k != "model"}
+    s = FinetuneSettings.from_dict({"model": "m", **params}, "sft", path.parent)
+    refs, note = data_refs(s)
+    assert note is None and len(refs) == 3
+    assert all(Path(r).is_file() for r in refs)

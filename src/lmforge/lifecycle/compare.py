@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from lmforge.engine.generate import complete
+from lmforge.engine.generate import complete, generate_tokens
 from lmforge.engine.sampling import SamplingParams
 from lmforge.model.io import load_model
 from lmforge.registry import Workspace
@@ -29,8 +29,15 @@ class CompareSettings:
 
 
 def sample_text(ws: Workspace, model_ref: str, prompt: str, max_tokens: int, seed: int) -> str:
-    model, tok, _ = load_model(ws, model_ref)
+    """What the model writes after the prompt: a tuned (chat) model is asked in a user turn
+    and answers until its end of turn; a base model continues the text."""
+    model, tok, art = load_model(ws, model_ref)
     params = SamplingParams(temperature=0.7, top_k=40, max_new_tokens=max_tokens, seed=seed)
+    if art is not None and ws.state_of(art.id) == "tuned":
+        ids, _ = tok.render_chat([{"role": "user", "content": prompt}],
+                                 add_generation_prompt=True)
+        reply = generate_tokens(model, ids, params, stop_ids=(tok.end_id, tok.eos_id))
+        return "\n→ " + tok.decode(list(reply), skip_special=True)
     return complete(model, tok, prompt, params)
 
 

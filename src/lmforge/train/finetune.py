@@ -13,6 +13,7 @@ Both are `NextToken` over `PackedSequences`: the method decides only the sequenc
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import math
 from collections.abc import Sequence
@@ -59,6 +60,7 @@ class FinetuneSettings:
     text_field: str = "text"
     prompts: tuple[str, ...] = field(default=())  # shown at intervals and at the end
     lora: tuple[tuple[str, Any], ...] = ()  # r, alpha, dropout, targets: train adapters only
+    fallback: tuple[str, ...] = ()  # read instead of `data` when none of its paths exists
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -78,11 +80,11 @@ class FinetuneSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> FinetuneSettings:
         own = ("model", "method", "data", "val_data", "val_fraction", "replay", "text_field",
-               "prompts", "lora")
+               "prompts", "lora", "fallback")
         values = dict(values)
         mine = {k: values.pop(k) for k in own if k in values}
         check_keys(mine, where, required=("model", "method", "data"), optional=own)
-        for key in ("data", "val_data"):
+        for key in ("data", "val_data", "fallback"):
             if key in mine:
                 mine[key] = tuple(_relative(base_dir, p) for p in _listed(mine[key]))
         if "prompts" in mine:
@@ -135,6 +137,19 @@ def training_settings(values: dict[str, Any], where: str) -> TrainSettings:
     return TrainSettings.from_dict({**FINETUNE_DEFAULTS, **given}, where=where)
 
 
+def data_refs(s: FinetuneSettings) -> tuple[list[str], str | None]:
+    """The data to read, and a note when it is the fallback: a recipe names local files
+    (../shared/data on our machines) and the same data's public source for a user's clone."""
+    def absent(ref: str) -> bool:
+        looks_local = "/" in ref or Path(ref).suffix in (".jsonl", ".json", ".txt", ".gz")
+        return looks_local and not Path(ref).exists() and not glob.glob(ref)
+
+    if s.fallback and all(absent(r) for r in s.data):
+        return list(s.fallback), (f"{', '.join(s.data)} absent; read its fallback "
+                                  f"{', '.join(s.fallback)}")
+    return list(s.data), None
+
+
 def _listed(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
 
@@ -171,7 +186,7 @@ def _document_sequences(tok: Tokenizer, texts: Sequence[str], seq_len: int) -> l
 def _domain_data(ws: Workspace, s: FinetuneSettings, tok: Tokenizer
                  ) -> tuple[list[Sequence_], list[Sequence_], int, list[str]]:
     """Training and validation sequences, validation UTF-8 bytes, and dataset parent ids."""
-    docs, parents = resolve_inputs(ws, list(s.data), s.text_field)
+    docs, parents = resolve_inputs(ws, data_refs(s)[0], s.text_field)
     texts = [d.text for d in docs if d.text.strip()]
     if s.val_data:
         val_docs, val_parents = resolve_inputs(ws, list(s.val_data), s.text_field)
@@ -197,13 +212,13 @@ def _replayed(shards: TokenShards, count: int, seq_len: int, seed: int) -> list[
     return [(shards.get(int(i), seq_len + 1).astype(np.int64).tolist(), None) for i in starts]
 
 
-def _sft_data(ws: Workspace, s: FinetuneSettings, tok: Tokenizer
+def _sft_data(ws: Workspace, s: FinetuneSettings, tok: Tokenizer, notes: list[str]
               ) -> tuple[list[Sequence_], list[Sequence_], list[list[dict]]]:
     """Training and validation conversations as (ids, assistant mask), and held-out prompts
     (the validation conversations up to their first assistant turn)."""
     from lmforge.data.chat import conversation_sources, encode_conversation, split_conversations
 
-    train_convs = conversation_sources(list(s.data))
+    train_convs = conversation_sources(data_refs(s)[0])
     if s.val_data:
         val_convs = conversation_sources(list(s.val_data))
     else:
@@ -215,14 +230,32 @@ def _sft_data(ws: Workspace, s: FinetuneSettings, tok: Tokenizer
                                 "--val-data")
 
     def encode(convs) -> list[Sequence_]:
-        return [encode_conversation(tok, c, max_tokens=s.train.seq_len + 1)
-                for c in convs]
+        """Encoded conversations; one whose first answer starts beyond seq_len teaches nothing
+        in a row and is left out (counted), unless that leaves none."""
+        out, skipped = [], []
+        for c in convs:
+            try:
+                out.append(encode_conversation(tok, c, max_tokens=s.train.seq_len + 1))
+            except LmforgeError as e:
+                if "no assistant token to learn" not in e.message:
+                    raise
+                skipped.append(e)
+        if skipped and not out:
+            raise skipped[0]
+        too_long.append(len(skipped))
+        return out
+
+    too_long: list[int] = []
 
     prompts = []
     for c in val_convs[:4]:
         first = next(i for i, m in enumerate(c.messages) if m["role"] == "assistant")
         prompts.append(c.messages[:first])
-    return encode(train_convs), encode(val_convs), prompts
+    train, val = encode(train_convs), encode(val_convs)
+    if sum(too_long):
+        notes.append(f"{too_long[0]} training and {too_long[1]} validation conversations left "
+                     f"out: their first answer starts beyond seq_len {s.train.seq_len}")
+    return train, val, prompts
 
 
 # ---- measuring ---------------------------------------------------------------------------
@@ -290,6 +323,7 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
         parents["tokenizer"] = base.parents["tokenizer"]
     prompts: list[list[dict]] | tuple[str, ...] = s.prompts
     val_bytes = 0
+    notes = [n for n in (data_refs(s)[1],) if n]
     if s.method == "domain":
         train_seqs, val_seqs, val_bytes, data_ids = _domain_data(ws, s, tok)
         if data_ids:
@@ -306,7 +340,7 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
                                                 t.seq_len, t.seed)
             parents["replay"] = tokens.id
     else:
-        train_seqs, val_seqs, held_out = _sft_data(ws, s, tok)
+        train_seqs, val_seqs, held_out = _sft_data(ws, s, tok, notes)
         prompts = prompts or held_out
     # Shuffle before packing (seeded): rows mix documents, and replayed windows spread out.
     order = np.random.default_rng([t.seed, 11]).permutation(len(train_seqs))
@@ -343,6 +377,8 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
                                "val_loss_before": val_before, "val_loss": result.val_loss,
                                "train_seconds": round(result.seconds, 1),
                                "train_sequences": len(train_seqs)}
+    if notes:
+        metrics["warnings"] = notes
     for name in before:
         metrics[f"{name}_bpb_before"] = before[name]
         metrics[f"{name}_bpb_after"] = after[name]
@@ -350,7 +386,7 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
     body = (f"Fine-tuned ({s.method}) from {base.id} on {', '.join(s.data)} for "
             f"{result.steps} steps ({result.tokens:,} learned tokens); validation loss "
             f"{result.val_loss:.3f}.")
-    settings = {"method": s.method, "data": list(s.data), "val_data": list(s.val_data),
+    settings = {"method": s.method, "data": data_refs(s)[0], "val_data": list(s.val_data),
                 "val_fraction": s.val_fraction, "replay": s.replay, **t.to_dict()}
     if s.lora:
         from lmforge.model.lora import save_adapter, trainable_fraction
@@ -382,7 +418,7 @@ def summary(m: dict[str, Any]) -> str:
         if f"{name}_bpb_before" in m:
             line += (f"; {name} bpb {m[f'{name}_bpb_before']:.3f} → "
                      f"{m[f'{name}_bpb_after']:.3f}")
-    return line
+    return line + "".join(f"; warning: {w}" for w in m.get("warnings", []))
 
 
 def _sampler(tok: Tokenizer, prompts, tokens: int = 48):

@@ -149,6 +149,9 @@ def train(model: Transformer, objective: Objective, source: BatchSource, s: Trai
                     group["lr"] = group["initial_lr"] * mult
             batches = source.step_batches(step, s.seed, device)
             step_tokens = sum(b.tokens for b in batches)
+            # MFU counts every position the model computed (padding and prompts too): that
+            # is what the hardware did; tokens/s counts the learned tokens.
+            positions = sum(b["inputs"].numel() for b in batches)
             loss_sum = 0.0
             train_metrics: dict[str, float] = {}
             for batch in batches:
@@ -178,7 +181,8 @@ def train(model: Transformer, objective: Objective, source: BatchSource, s: Trai
             tokens_per_s = step_tokens / seconds
             record = {"step": step + 1, "loss": loss_sum, **train_metrics, "lr_mult": mult,
                       "grad_norm": grad_norm, "tokens": state["tokens"],
-                      "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops / peak,
+                      "tokens_per_s": tokens_per_s,
+                      "mfu": positions / seconds * flops / peak,
                       "elapsed_s": state["elapsed"]}
             last = step + 1 == total
             if (step + 1) % s.eval_every == 0 or last:
