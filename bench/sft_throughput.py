@@ -411,11 +411,13 @@ def run_child(name: str, spec_path: Path) -> dict:
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
-def trl_version() -> str | None:
+def installed(package: str) -> str | None:
+    """The installed version of a package, or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        from importlib.metadata import version
-        return version("trl")
-    except Exception:  # noqa: BLE001 - not installed
+        return version(package)
+    except PackageNotFoundError:
         return None
 
 
@@ -487,7 +489,7 @@ def print_table(report: dict) -> None:
               f"{r['step_s_median'] * 1e3:7.0f} {ratio(r['vs_trl_fastest_fp32']):>15s} "
               f"{ratio(r['vs_trl_fastest']):>10s} {ratio(r['vs_trl_default']):>10s} "
               f"{r['peak_rss_mib']:7.0f}Mi {r['peak_rss_mib'] - r['rss_before_train_mib']:5.0f}Mi")
-    if report["results"]:
+    if report["results"] and report["results"][0]["baselines"]["vs_trl_fastest"]:
         b = report["results"][0]["baselines"]
         print(f"TRL fastest fp32: {b['vs_trl_fastest_fp32']}; fastest: {b['vs_trl_fastest']}; "
               f"default: {b['vs_trl_default']}")
@@ -535,13 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown contender(s) {unknown}; choose from {list(CONTENDERS)}")
     skipped = None
-    if trl_version() is None:
+    if installed("trl") is None:
         skipped = ("TRL is not installed: `pip install -c constraints.txt trl` to compare "
                    "against its SFTTrainer; running lmforge alone")
         names = [n for n in names if CONTENDERS[n][0] != "trl"]
         print(skipped, file=sys.stderr)
-    import transformers
-
     from lmforge.runtime import cpu_name
 
     with tempfile.TemporaryDirectory(prefix="sft_bench_") as tmp:
@@ -556,8 +556,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.json:
                     print(f"round {r + 1}: {name} ...", file=sys.stderr, flush=True)
                 results[name].append(run_child(name, spec_path))
-    report = {"torch": torch.__version__, "transformers": transformers.__version__,
-              "trl": trl_version(), "threads": args.threads or torch.get_num_threads(),
+    report = {"torch": torch.__version__, "transformers": installed("transformers"),
+              "trl": installed("trl"), "threads": args.threads or torch.get_num_threads(),
               "cpu": cpu_name(), "cores": os.cpu_count(), "rounds": args.rounds,
               "command": " ".join([os.path.basename(sys.argv[0]), *(argv or sys.argv[1:])]),
               "skipped": skipped, "spec": spec, "results": summarize(results)}
