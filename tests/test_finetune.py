@@ -187,6 +187,7 @@ def test_chat_recipe_loads_and_points_at_the_shared_instructions(shared_data):
     step = next(s for s in recipe.steps if s.name == "sft")
     params = {k: v for k, v in step.params.items() if k != "model"}
     s = FinetuneSettings.from_dict({"model": "m", **params}, "sft", path.parent)
+    assert s.fallback == ("hf:tatsu-lab/alpaca:train[:1000]",)  # not made a local path
     refs, note = data_refs(s)
     assert note is None and len(refs) == 3
     assert all(Path(r).is_file() for r in refs)

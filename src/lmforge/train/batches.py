@@ -142,9 +142,9 @@ def _packed_batch(sequences: Sequence[Sequence_], rows: Sequence[list[int]], seq
 class PackedSequences:
     """Sequences packed several to a row with document masks; rows shuffled every epoch.
 
-    The packing is fixed once (first fit in the given order), so every epoch has the same
-    number of rows and step s reads rows [s * rows_per_step, (s + 1) * rows_per_step) of the
-    endless sequence of epochs, each epoch a permutation seeded by (seed, epoch).
+    The packing is fixed once (`pack_rows`: next fit in the given order), so every epoch has
+    the same number of rows and step s reads rows [s * rows_per_step, (s + 1) * rows_per_step)
+    of the endless sequence of epochs, each epoch a permutation seeded by (seed, epoch).
     """
 
     def __init__(self, train: Sequence[Sequence_], val: Sequence[Sequence_], seq_len: int,

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmforge.curate.config import resolve_path
 from lmforge.data.shards import TokenShards
 from lmforge.data.stage import resolve_inputs
 from lmforge.errors import LmforgeError
@@ -86,7 +87,7 @@ class FinetuneSettings:
         check_keys(mine, where, required=("model", "method", "data"), optional=own)
         for key in ("data", "val_data", "fallback"):
             if key in mine:
-                mine[key] = tuple(_relative(base_dir, p) for p in _listed(mine[key]))
+                mine[key] = tuple(resolve_path(p, base_dir) for p in _listed(mine[key]))
         if "prompts" in mine:
             mine["prompts"] = tuple(_listed(mine["prompts"]))
         if "lora" in mine:
@@ -154,12 +155,6 @@ def _listed(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
 
 
-def _relative(base: Path, p: str) -> str:
-    """Recipe paths are relative to the recipe; references and hf: names pass through."""
-    candidate = base / p
-    return str(candidate) if candidate.exists() or "/" in p or "*" in p else p
-
-
 # ---- sequences ---------------------------------------------------------------------------
 
 
@@ -183,18 +178,19 @@ def _document_sequences(tok: Tokenizer, texts: Sequence[str], seq_len: int) -> l
     return out
 
 
-def _domain_data(ws: Workspace, s: FinetuneSettings, tok: Tokenizer
+def _domain_data(ws: Workspace, s: FinetuneSettings, refs: list[str], tok: Tokenizer
                  ) -> tuple[list[Sequence_], list[Sequence_], int, list[str]]:
     """Training and validation sequences, validation UTF-8 bytes, and dataset parent ids."""
-    docs, parents = resolve_inputs(ws, data_refs(s)[0], s.text_field)
+    docs, parents = resolve_inputs(ws, refs, s.text_field)
     texts = [d.text for d in docs if d.text.strip()]
     if s.val_data:
         val_docs, val_parents = resolve_inputs(ws, list(s.val_data), s.text_field)
         val_texts = [d.text for d in val_docs if d.text.strip()]
         parents += val_parents
     else:
-        val_texts = [t for t in texts if _split(t, s.val_fraction, s.train.seed)]
-        texts = [t for t in texts if not _split(t, s.val_fraction, s.train.seed)]
+        held = [_split(t, s.val_fraction, s.train.seed) for t in texts]
+        val_texts = [t for t, h in zip(texts, held) if h]
+        texts = [t for t, h in zip(texts, held) if not h]
     if not texts or not val_texts:
         raise LmforgeError(f"domain data {', '.join(s.data)}: {len(texts)} training and "
                            f"{len(val_texts)} validation documents",
@@ -212,13 +208,14 @@ def _replayed(shards: TokenShards, count: int, seq_len: int, seed: int) -> list[
     return [(shards.get(int(i), seq_len + 1).astype(np.int64).tolist(), None) for i in starts]
 
 
-def _sft_data(ws: Workspace, s: FinetuneSettings, tok: Tokenizer, notes: list[str]
+def _sft_data(ws: Workspace, s: FinetuneSettings, refs: list[str], tok: Tokenizer,
+              notes: list[str]
               ) -> tuple[list[Sequence_], list[Sequence_], list[list[dict]]]:
     """Training and validation conversations as (ids, assistant mask), and held-out prompts
     (the validation conversations up to their first assistant turn)."""
     from lmforge.data.chat import conversation_sources, encode_conversation, split_conversations
 
-    train_convs = conversation_sources(data_refs(s)[0])
+    train_convs = conversation_sources(refs)
     if s.val_data:
         val_convs = conversation_sources(list(s.val_data))
     else:
@@ -323,9 +320,10 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
         parents["tokenizer"] = base.parents["tokenizer"]
     prompts: list[list[dict]] | tuple[str, ...] = s.prompts
     val_bytes = 0
-    notes = [n for n in (data_refs(s)[1],) if n]
+    refs, fallback_note = data_refs(s)
+    notes = [fallback_note] if fallback_note else []
     if s.method == "domain":
-        train_seqs, val_seqs, val_bytes, data_ids = _domain_data(ws, s, tok)
+        train_seqs, val_seqs, val_bytes, data_ids = _domain_data(ws, s, refs, tok)
         if data_ids:
             parents["data"] = data_ids
         if s.replay:
@@ -340,7 +338,7 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
                                                 t.seq_len, t.seed)
             parents["replay"] = tokens.id
     else:
-        train_seqs, val_seqs, held_out = _sft_data(ws, s, tok, notes)
+        train_seqs, val_seqs, held_out = _sft_data(ws, s, refs, tok, notes)
         prompts = prompts or held_out
     # Shuffle before packing (seeded): rows mix documents, and replayed windows spread out.
     order = np.random.default_rng([t.seed, 11]).permutation(len(train_seqs))
@@ -386,7 +384,7 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
     body = (f"Fine-tuned ({s.method}) from {base.id} on {', '.join(s.data)} for "
             f"{result.steps} steps ({result.tokens:,} learned tokens); validation loss "
             f"{result.val_loss:.3f}.")
-    settings = {"method": s.method, "data": data_refs(s)[0], "val_data": list(s.val_data),
+    settings = {"method": s.method, "data": refs, "val_data": list(s.val_data),
                 "val_fraction": s.val_fraction, "replay": s.replay, **t.to_dict()}
     if s.lora:
         from lmforge.model.lora import save_adapter, trainable_fraction
