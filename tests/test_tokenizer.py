@@ -209,3 +209,96 @@ def test_transformers_parity(tok, tmp_path):
     assert list(out["assistant_masks"]) == mask
     prompt = hf.apply_chat_template(chat[:2], add_generation_prompt=True, return_dict=True)
     assert list(prompt["input_ids"]) == tok.render_chat(chat[:2], add_generation_prompt=True)[0]
+
+
+TOOLS = [{"type": "function", "function": {
+    "name": "docstring", "description": "Documentation of a Python name, e.g. \"os.sep\".",
+    "parameters": {"type": "object", "properties": {"name": {"type": "string"}},
+                   "required": ["name"]}}}]
+TOOL_CHATS = [
+    # no system message: the tools block is a system turn of its own
+    [{"role": "user", "content": "What does math.sqrt do?"},
+     {"role": "assistant", "content": None, "tool_calls": [
+         {"id": "call_0", "type": "function",
+          "function": {"name": "docstring", "arguments": {"name": "math.sqrt"}}}]},
+     {"role": "tool", "tool_call_id": "call_0", "content": "Return the square root of x."},
+     {"role": "assistant", "content": "math.sqrt: Return the square root of x."}],
+    # a system prompt, text before the call, arguments as a JSON string, two calls, ünïcode
+    [{"role": "system", "content": "Be brief."},
+     {"role": "user", "content": "Compare os.sep and os.pathsep — ümlaut"},
+     {"role": "assistant", "content": "Looking both up.", "tool_calls": [
+         {"type": "function", "function": {"name": "docstring",
+                                            "arguments": '{"name": "os.sep"}'}},
+         {"type": "function", "function": {"name": "docstring",
+                                            "arguments": {"name": "os.pathsep"}}}]},
+     {"role": "tool", "content": "The path separator."},
+     {"role": "tool", "content": "The search path separator."},
+     {"role": "assistant", "content": "One separates parts of a path, the other paths."}],
+]
+
+
+@pytest.mark.parametrize("chat", TOOL_CHATS)
+def test_tool_calls_render_as_documented(tok, chat):
+    ids, mask = tok.render_chat(chat, tools=TOOLS)
+    text = tok.decode(ids)
+    assert text.startswith("<|bos|><|system|>")
+    assert "You can call these tools:" in text
+    assert '{"name": "docstring", "description": "Documentation' in text
+    assert '<tool_call>{"name": "docstring", "arguments": {"name": "os.sep"}}</tool_call>' \
+        in text or '"arguments": {"name": "math.sqrt"}}</tool_call><|end|>' in text
+    assert "<|user|><tool_response>" in text
+    # SFT learns the calls and the answers, never the tool's results or the tools block
+    learned = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert "<tool_call>" in learned and "tool_response" not in learned
+    assert "You can call these tools" not in learned
+    # without tools offered the same messages render without a tools block
+    plain = tok.decode(tok.render_chat(chat)[0])
+    assert "You can call these tools" not in plain and "<tool_call>" in plain
+
+
+@pytest.mark.parametrize("chat", TOOL_CHATS)
+def test_transformers_parity_with_tools(tok, tmp_path, chat):
+    transformers = pytest.importorskip("transformers")
+    tok.save(tmp_path / "tokenizer.json")
+    for name, content in hf_tokenizer_files(tok, model_max_length=512).items():
+        (tmp_path / name).write_text(json.dumps(content), encoding="utf-8")
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    ids, mask = tok.render_chat(chat, tools=TOOLS)
+    out = hf.apply_chat_template(chat, tools=TOOLS, return_dict=True,
+                                 return_assistant_tokens_mask=True)
+    assert list(out["input_ids"]) == ids
+    assert list(out["assistant_masks"]) == mask
+    prompt = hf.apply_chat_template(chat[:-1], tools=TOOLS, add_generation_prompt=True,
+                                    return_dict=True)
+    assert list(prompt["input_ids"]) == tok.render_chat(chat[:-1], add_generation_prompt=True,
+                                                        tools=TOOLS)[0]
+
+
+def test_parse_tool_calls():
+    from lmforge.chat_format import parse_tool_calls
+
+    ok = parse_tool_calls('<tool_call>{"name": "docstring", "arguments": {"name": "re.sub"}}'
+                          '</tool_call>')
+    assert ok.calls == [{"name": "docstring", "arguments": {"name": "re.sub"}}]
+    assert ok.content == "" and ok.malformed is None
+    assert ok.openai_tool_calls()[0]["function"]["arguments"] == '{"name": "re.sub"}'
+    assert parse_tool_calls("math.sqrt: Return the square root.").calls == []
+    for bad in ('<tool_call>{"name": "docstring", "arguments": {"name": </tool_call>',
+                '<tool_call>{"name": "docstring", "arguments": {}}',  # cut off
+                '<tool_call>["docstring"]</tool_call>'):
+        reply = parse_tool_calls(bad)
+        assert reply.calls == [] and reply.malformed and reply.content == bad
+
+
+@pytest.mark.parametrize("messages, error", [
+    ([{"role": "robot", "content": "hi"}], "unknown role 'robot'"),
+    ([{"role": "user", "content": "x", "tool_calls": [{"name": "f"}]}], "only assistant"),
+    ([{"role": "assistant", "content": None,
+       "tool_calls": [{"function": {"name": "f", "arguments": "{oops"}}]}], "not valid JSON"),
+    ([{"role": "assistant", "content": None,
+       "tool_calls": [{"function": {"name": "no spaces", "arguments": {}}}]}],
+     "function name"),
+])
+def test_bad_tool_messages_name_the_message(tok, messages, error):
+    with pytest.raises(LmforgeError, match=error):
+        tok.render_chat(messages)

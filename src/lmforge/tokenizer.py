@@ -15,6 +15,7 @@ from pathlib import Path
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from lmforge.chat_format import CHAT_TEMPLATE_JINJA, chat_turns
 from lmforge.errors import LmforgeError
 from lmforge.registry.atomic import atomic_write_text
 
@@ -23,23 +24,6 @@ SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end
 SPECIAL_TOKENS = (BOS, EOS, PAD, SYSTEM, USER, ASSISTANT, END)  # ids 0..6, in this order
 BOS_ID, EOS_ID, PAD_ID, SYSTEM_ID, USER_ID, ASSISTANT_ID, END_ID = range(len(SPECIAL_TOKENS))
 ROLE_IDS = {"system": SYSTEM_ID, "user": USER_ID, "assistant": ASSISTANT_ID}
-
-# The same layout as `Tokenizer.render_chat`, for `transformers` `apply_chat_template`.
-# `{% generation %}` marks what SFT trains on, so `return_assistant_tokens_mask` matches ours.
-CHAT_TEMPLATE_JINJA = (
-    "{{ '<|bos|>' }}"
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('unknown role: ' + message['role']) }}"
-    "{% endif %}"
-    "{{ '<|' + message['role'] + '|>' }}"
-    "{% if message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}"
-    "{% else %}{{ message['content'] + '<|end|>' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
-
 
 def _byte_alphabet() -> dict[str, int]:
     """GPT-2's map from the printable stand-in characters back to the bytes they encode."""
@@ -87,24 +71,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
         raise LmforgeError("no text to train the tokenizer on",
                            hint="check that the dataset holds documents with text")
     return Tokenizer(inner)
-
-
-def validate_messages(messages: object) -> list[dict]:
-    """Check OpenAI-style chat messages; the error names the offending message."""
-    if not isinstance(messages, list) or not messages:
-        raise LmforgeError("messages must be a non-empty list of {'role', 'content'} objects")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise LmforgeError(f"message {i} is {type(m).__name__}, not an object")
-        if m.get("role") not in ROLE_IDS:
-            raise LmforgeError(f"message {i}: unknown role {m.get('role')!r}",
-                               hint="roles are system, user and assistant")
-        if "content" not in m:
-            raise LmforgeError(f"message {i} ({m['role']}) has no 'content'")
-        if not isinstance(m["content"], str):
-            raise LmforgeError(f"message {i} ({m['role']}): content is "
-                               f"{type(m['content']).__name__}, not a string")
-    return messages
 
 
 class Tokenizer:
@@ -179,18 +145,20 @@ class Tokenizer:
     def stream_decoder(self, skip_special: bool = False) -> StreamDecoder:
         return StreamDecoder(self, skip_special)
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = False
-                    ) -> tuple[list[int], list[int]]:
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = False,
+                    tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
         """Token ids of a conversation, and a mask that is 1 where SFT trains.
 
-        Layout: <|bos|> then per message <|role|> content <|end|>; the generation prompt
-        appends <|assistant|>. The mask covers assistant contents and their <|end|>.
+        Layout: <|bos|> then per turn <|role|> text <|end|>, the text as `chat_format`
+        writes it (tools offered in the system turn, tool calls in the assistant's, tool
+        results as user turns); the generation prompt appends <|assistant|>. The mask covers
+        assistant turns (their tool calls too) and their <|end|>.
         """
         ids, mask = [BOS_ID], [0]
-        for m in validate_messages(messages):
-            body = self.encode(m["content"]) + [END_ID]
-            ids += [ROLE_IDS[m["role"]], *body]
-            mask += [0] + [int(m["role"] == "assistant")] * len(body)
+        for role, text in chat_turns(messages, tools):
+            body = self.encode(text) + [END_ID]
+            ids += [ROLE_IDS[role], *body]
+            mask += [0] + [int(role == "assistant")] * len(body)
         if add_generation_prompt:
             ids.append(ASSISTANT_ID)
             mask.append(0)
