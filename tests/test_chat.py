@@ -322,3 +322,88 @@ def test_exported_chat_template_matches_render_chat(cli, folder, tok, model, tmp
                                           tokenize=True, add_generation_prompt=True,
                                           return_dict=True)["input_ids"]
         assert sent[-1] == list(expected)
+
+
+# --- tool calling -----------------------------------------------------------------------------
+
+def scripted_turns(monkeypatch, replies: list[list[int]]):
+    """The model 'writes' the next of `replies` at each generation (past any stop)."""
+    calls: list[list[int]] = []
+    pending = list(replies)
+
+    def fake(model, ids, params, stop_ids=()):
+        calls.append(list(ids))
+        return iter(pending.pop(0))
+
+    monkeypatch.setattr(chat_engine, "generate_tokens", fake)
+    return calls
+
+
+CALL = '<tool_call>{"name": "docstring", "arguments": {"name": "math.sqrt"}}</tool_call>'
+
+
+@pytest.fixture(scope="module")
+def wide(tok):
+    """A model with room for the tools block (this test tokenizer spends many tokens on it)."""
+    d = ModelDesign(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, vocab_size=tok.vocab_size,
+                    context_length=512)
+    return initialize(Transformer(d), "scaled", seed=0).eval()
+
+
+def test_tool_call_runs_the_tool_and_the_model_goes_on(monkeypatch, wide, tok):
+    from lmforge.data.corpora.pydocs_chat import docstring_text
+    from lmforge.engine.tools import docstring_tool
+
+    answer = "math.sqrt: Return the square root of x."
+    junk = tok.encode(" and more text the engine must never read")
+    prompts = scripted_turns(monkeypatch, [tok.encode(CALL) + junk,
+                                           [*tok.encode(answer), END_ID]])
+    heard = []
+    session = ChatSession(wide, tok, SamplingParams(max_new_tokens=200),
+                          tools=[docstring_tool()], on_tool=heard.append)
+    assert "".join(session.send("What does math.sqrt do?")) == answer  # the call is not shown
+    result = docstring_text("math.sqrt")
+    assert "square root" in result
+    assert [(e.name, e.arguments, e.result) for e in heard] == \
+        [("docstring", {"name": "math.sqrt"}, result)]
+    assert session.history == [
+        {"role": "user", "content": "What does math.sqrt do?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function",
+             "function": {"name": "docstring", "arguments": {"name": "math.sqrt"}}}]},
+        {"role": "tool", "content": result},
+        {"role": "assistant", "content": answer}]
+    tools = [docstring_tool().spec()]
+    # The first prompt offers the tool; the second is the conversation with the tool's
+    # result fed back, as the chat template renders it (generation stopped at the call).
+    assert prompts[0] == tok.render_chat(session.history[:1], add_generation_prompt=True,
+                                         tools=tools)[0]
+    assert prompts[1] == tok.render_chat(session.history[:3], add_generation_prompt=True,
+                                         tools=tools)[0]
+    assert session.last.reply_tokens == len(tok.encode(CALL)) + len(tok.encode(answer))
+    assert session.last.finish == "stop" and session.last.tool_events == heard
+
+
+def test_tool_errors_are_fed_back_and_bad_calls_are_shown_as_text(monkeypatch, wide, tok):
+    from lmforge.engine.tools import docstring_tool
+
+    unknown = '<tool_call>{"name": "weather", "arguments": {}}</tool_call>'
+    scripted_turns(monkeypatch, [tok.encode(unknown), [*tok.encode("Sorry."), END_ID]])
+    session = ChatSession(wide, tok, SamplingParams(max_new_tokens=200),
+                          tools=[docstring_tool()])
+    assert "".join(session.send("Weather?")) == "Sorry."
+    assert session.history[2]["role"] == "tool"
+    assert session.history[2]["content"].startswith("error: no tool named 'weather'")
+
+    broken = '<tool_call>{"name": "docstring", "arguments": {"name": </tool_call>'
+    scripted_turns(monkeypatch, [[*tok.encode(broken), END_ID]])
+    session = ChatSession(wide, tok, SamplingParams(max_new_tokens=200),
+                          tools=[docstring_tool()])
+    assert "".join(session.send("Hm?")) == broken  # not a call: the user sees what it wrote
+    assert session.history[-1] == {"role": "assistant", "content": broken}
+    assert session.last.tool_events == []
+
+    # Without tools offered, the same text is just text, streamed as it comes.
+    scripted_turns(monkeypatch, [[*tok.encode(CALL), END_ID]])
+    plain = ChatSession(wide, tok, SamplingParams(max_new_tokens=200))
+    assert "".join(plain.send("Hm?")) == CALL

@@ -10,6 +10,7 @@ from rich.markup import escape
 from lmforge.cli.app import app, err_console, workspace
 from lmforge.engine.chat import ChatSession, load_chat_model
 from lmforge.engine.sampling import SamplingParams
+from lmforge.engine.tools import ToolEvent, builtin_tools
 from lmforge.errors import LmforgeError
 from lmforge.runtime import resolve_device
 
@@ -21,6 +22,7 @@ _CHAT_HELP = """Chat with a model: history, a system prompt, replies streamed as
   lmforge chat MODEL --temperature 0         # greedy, repeatable
   lmforge chat MODEL --temperature 0.7 --top-p 0.9 --seed 1 --max-tokens 200
   printf 'What is a cat?\\nAnd a dog?\\n' | lmforge chat MODEL   # a pipe
+  lmforge chat MODEL --tools docstring      # offer a tool; calls are run and shown
 
 \b
 While chatting:
@@ -35,6 +37,10 @@ token or after --max-tokens tokens. When the conversation outgrows the model's c
 oldest turns are dropped (the system prompt stays) and a note says so. Piped input is one \
 message per line; each reply goes to stdout \
 and ends with a newline; notes go to stderr.
+
+With --tools, the model is offered the named built-in tools (docstring: the embedded \
+corpus's documentation of a standard-library name). When it calls one, the call and the \
+result are shown on stderr, the result is fed back, and the model goes on answering.
 """
 
 _COMMANDS = "/reset, /system TEXT, /exit"
@@ -72,6 +78,13 @@ def _command(session: ChatSession, line: str) -> bool:
 # Control characters other than newline and tab become U+FFFD on a terminal: a model's
 # output must not be able to send escape sequences to it. A pipe gets the text as written.
 _TERMINAL_SAFE = {c: "\ufffd" for c in (*range(0x20), 0x7F) if c not in (0x09, 0x0A)}
+
+
+def _show_tool(event: ToolEvent) -> None:
+    args = ", ".join(f"{k}={v!r}" for k, v in event.arguments.items())
+    result = event.result if len(event.result) <= 200 else event.result[:199] + "…"
+    err_console.print(f"[dim](called {escape(event.name)}({escape(args)}) -> "
+                      f"{escape(result)})[/]", highlight=False)
 
 
 def _reply(session: ChatSession, text: str, interactive: bool) -> None:
@@ -123,10 +136,14 @@ def chat(
                                                "model's context)."),
     device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or "
                                             "mps."),
+    tools: list[str] = typer.Option([], "--tools", help="Repeatable. A built-in tool to "
+                                                        "offer: docstring."),
 ) -> None:
     params = SamplingParams(temperature, top_k, top_p, max_tokens, seed)
+    offered = builtin_tools(tools)
     net, tok, label = load_chat_model(workspace(), model, resolve_device(device))
-    session = ChatSession(net, tok, params, system or None, max_context)
+    session = ChatSession(net, tok, params, system or None, max_context, tools=offered,
+                          on_tool=_show_tool)
     interactive = sys.stdin.isatty()
     if interactive:
         err_console.print(f"[dim]chatting with {escape(label)} (context "

@@ -1,26 +1,28 @@
 """Multi-turn chat on top of the engine: history, a system prompt, streaming, end of turn.
 
 `ChatSession` keeps the conversation as OpenAI-style messages and streams each reply through
-`generate_tokens`. It knows nothing of terminals or HTTP, so `lmforge chat` and later the
-server both drive it. A reply ends at <|end|>, at EOS, or at any other special token (a role
-token would start a turn the model must not write); special tokens are never shown. When the
-history and the room kept for the reply outgrow the context, the oldest turns go first; the
-system prompt always stays.
+`generate_tokens`; offered tools are called when the model asks for them. It knows nothing
+of terminals or HTTP, so `lmforge chat` and the server both drive it. A reply ends at
+<|end|>, at EOS, or at any other special token (a role token would start a turn the model
+must not write); special tokens are never shown. When the history and the room kept for the
+reply outgrow the context, the oldest turns go first; the system prompt always stays.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lmforge.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_tool_calls
 from lmforge.engine.generate import generate_tokens
 from lmforge.engine.sampling import SamplingParams
+from lmforge.engine.tools import Tool, ToolEvent, run_call
 from lmforge.errors import LmforgeError
 from lmforge.model.io import load_model_dir
 from lmforge.model.transformer import Transformer
@@ -89,25 +91,47 @@ def load_chat_model(ws: Workspace, ref: str, device: str | torch.device = "cpu"
 
 @dataclass
 class TurnInfo:
-    """What happened in the latest `send`: sizes, why the reply ended, turns dropped."""
+    """What happened in the latest `send`: sizes, why the reply ended, turns dropped, and
+    the tools called on the way."""
 
     prompt_tokens: int = 0
     reply_tokens: int = 0
     finish: str = ""  # "stop" (end of turn), "length" (max tokens) or "context" (full)
     dropped_turns: int = 0
+    tool_events: list[ToolEvent] = field(default_factory=list)
+
+
+def _tool_call_start(text: str) -> int:
+    """Where text that could be (the start of) a tool call begins; len(text) if nowhere.
+    Text from there on is held back until it is known not to be a call."""
+    at = text.find(TOOL_CALL_OPEN)
+    if at >= 0:
+        return at
+    for k in range(min(len(TOOL_CALL_OPEN) - 1, len(text)), 0, -1):
+        if text.endswith(TOOL_CALL_OPEN[:k]):
+            return len(text) - k
+    return len(text)
 
 
 @dataclass
 class ChatSession:
-    """One conversation with a model. `send` streams a reply and records the turn."""
+    """One conversation with a model. `send` streams a reply and records the turn.
+
+    With `tools`, the tools are offered to the model in the system turn; when a reply calls
+    one, generation stops at the call, the tool runs (`on_tool` hears of it), its result
+    joins the conversation as a tool message and the model goes on, up to `max_tool_rounds`
+    calls per turn. A call's text is never streamed as the reply."""
 
     model: Transformer
     tok: Tokenizer
     params: SamplingParams = field(default_factory=SamplingParams)
     system: str | None = None
     max_context: int | None = None  # tokens of history + reply; default the model's context
-    history: list[dict[str, str]] = field(default_factory=list)  # user/assistant turns
+    history: list[dict[str, Any]] = field(default_factory=list)  # the turns after the system
     last: TurnInfo = field(default_factory=TurnInfo)
+    tools: Sequence[Tool] = ()
+    on_tool: Callable[[ToolEvent], None] | None = None
+    max_tool_rounds: int = 3
 
     def __post_init__(self) -> None:
         require_chat_template(self.tok)
@@ -121,7 +145,7 @@ class ChatSession:
         self._turns = 0  # replies since the start or the last reset; seeds each turn
 
     @property
-    def messages(self) -> list[dict[str, str]]:
+    def messages(self) -> list[dict[str, Any]]:
         """The conversation as OpenAI messages: the system prompt, then the turns."""
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + list(self.history)
@@ -146,26 +170,25 @@ class ChatSession:
         self.last = TurnInfo()
         self._turns = 0
 
-    def prompt_ids(self, user_text: str) -> tuple[list[int], int]:
-        """The ids the model reads before answering `user_text`, and how many of the oldest
-        turns must go so that they plus the reply budget fit the context (not yet dropped)."""
-        tok = self.tok
-        sizes = [2 + len(tok.encode(m["content"])) for m in self.history]  # role + text + end
-        fixed = 1 + 2 + len(tok.encode(user_text)) + 1  # bos, the new turn, <|assistant|>
-        if self.system:
-            fixed += 2 + len(tok.encode(self.system))
+    def prompt_ids(self, new: str | list[dict[str, Any]]) -> tuple[list[int], int]:
+        """The ids the model reads before answering the `new` messages (a user text, or the
+        messages of the turn so far), and how many of the oldest history messages must go
+        so that the prompt and the reply budget fit the context (not yet dropped)."""
+        if isinstance(new, str):
+            new = [{"role": "user", "content": new}]
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        specs = [t.spec() for t in self.tools] or None
         assert self.max_context is not None
         drop = 0
-        while drop < len(sizes) and fixed + sum(sizes[drop:]) + self.params.max_new_tokens \
-                > self.max_context:
-            drop += 1  # whole turns only: a user message and the reply after it
-            while drop < len(sizes) and self.history[drop]["role"] != "user":
+        while True:
+            ids, _ = self.tok.render_chat(head + self.history[drop:] + new,
+                                          add_generation_prompt=True, tools=specs)
+            if len(ids) + self.params.max_new_tokens <= self.max_context \
+                    or drop >= len(self.history):
+                return ids, drop
+            drop += 1  # whole turns only: a user message and what answered it
+            while drop < len(self.history) and self.history[drop]["role"] != "user":
                 drop += 1
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        ids, _ = tok.render_chat(head + self.history[drop:]
-                                 + [{"role": "user", "content": user_text}],
-                                 add_generation_prompt=True)
-        return ids, drop
 
     def send(self, user_text: str) -> Iterator[str]:
         """Stream the reply to `user_text` as text pieces; the turn joins the history once
@@ -173,42 +196,82 @@ class ChatSession:
         history as it was."""
         if not isinstance(user_text, str):
             raise LmforgeError(f"a chat message is text, not {type(user_text).__name__}")
-        ids, drop = self.prompt_ids(user_text)
+        new = [{"role": "user", "content": user_text}]
+        ids, _ = self.prompt_ids(new)
         assert self.max_context is not None
-        room = self.max_context - len(ids)
-        if room < 1:
-            raise LmforgeError(f"this message needs {len(ids)} tokens with the system prompt; "
-                               f"the context holds {self.max_context}",
+        if len(ids) >= self.max_context:
+            raise LmforgeError(f"this message needs {len(ids)} tokens with the system prompt"
+                               f"{' and the tools' if self.tools else ''}; the context holds "
+                               f"{self.max_context}",
                                hint="send a shorter message, or shorten the system prompt")
-        return self._stream(user_text, ids, drop, room)
+        return self._turn(new)
 
-    def _stream(self, user_text: str, ids: list[int], drop: int, room: int) -> Iterator[str]:
+    def _turn(self, new: list[dict[str, Any]]) -> Iterator[str]:
+        runnable = {t.name: t for t in self.tools}
+        events: list[ToolEvent] = []
+        prompt_tokens = count = 0
+        for round_ in range(self.max_tool_rounds + 1):
+            ids, drop = self.prompt_ids(new)
+            assert self.max_context is not None
+            room = self.max_context - len(ids)
+            if room < 1:  # a tool's result filled the context: end the turn here
+                finish = "context"
+                new.append({"role": "assistant", "content": ""})
+                break
+            prompt_tokens = prompt_tokens or len(ids)
+            reply = yield from self._generate(ids, room, watch_calls=bool(runnable))
+            text, finish, used = reply
+            count += used
+            parsed = parse_tool_calls(text) if runnable else None
+            if parsed is None or not parsed.calls or round_ == self.max_tool_rounds:
+                new.append({"role": "assistant", "content": text})
+                finish = "stop" if finish == "tool_calls" else finish  # not a valid call
+                break
+            calls = parsed.calls[:1]  # generation stopped at the first call
+            new.append({"role": "assistant", "content": parsed.content, "tool_calls": [
+                {"type": "function", "function": c} for c in calls]})
+            for call in calls:
+                event = ToolEvent(call["name"], call["arguments"], run_call(runnable, call))
+                events.append(event)
+                if self.on_tool is not None:
+                    self.on_tool(event)
+                new.append({"role": "tool", "content": event.result})
+        # Only a finished reply changes the session.
+        dropped = sum(m["role"] == "user" for m in self.history[:drop])
+        del self.history[:drop]
+        self.history += new
+        self.last = TurnInfo(prompt_tokens, count, finish, dropped, events)
+        self._turns += 1
+
+    def _generate(self, ids: list[int], room: int, watch_calls: bool
+                  ) -> Generator[str, None, tuple[str, str, int]]:
+        """Stream one assistant message; return (its text, finish, tokens). With
+        `watch_calls`, text that may be a tool call is held back, and generation stops
+        right after a complete call."""
         budget = min(self.params.max_new_tokens, room)
         seed = None if self.params.seed is None else self.params.seed + self._turns
         params = dataclasses.replace(self.params, max_new_tokens=budget, seed=seed)
         stops = tuple(range(len(SPECIAL_TOKENS)))  # end, EOS, and tokens that open a turn
         decoder = self.tok.stream_decoder(skip_special=True)
-        pieces: list[str] = []
+        text, shown = "", 0
         count, finish = 0, "length" if budget == self.params.max_new_tokens else "context"
         for token in generate_tokens(self.model, ids, params, stop_ids=stops):
             if token in stops:  # belt and braces: the engine stops here too
                 finish = "stop"
                 break
             count += 1
-            piece = decoder.add(token)
-            if piece:
-                pieces.append(piece)
-                yield piece
+            text += decoder.add(token)
+            call_at = text.find(TOOL_CALL_OPEN) if watch_calls else -1
+            if call_at >= 0 and TOOL_CALL_CLOSE in text[call_at:]:
+                finish = "tool_calls"
+                break
+            upto = _tool_call_start(text) if watch_calls else len(text)
+            if upto > shown:
+                yield text[shown:upto]
+                shown = upto
             if count >= budget:
                 break
-        tail = decoder.flush()
-        if tail:
-            pieces.append(tail)
-            yield tail
-        # Only a finished reply changes the session.
-        dropped = sum(m["role"] == "user" for m in self.history[:drop])
-        del self.history[:drop]
-        self.history += [{"role": "user", "content": user_text},
-                         {"role": "assistant", "content": "".join(pieces)}]
-        self.last = TurnInfo(len(ids), count, finish, dropped)
-        self._turns += 1
+        text += decoder.flush()
+        if not (watch_calls and parse_tool_calls(text).calls) and len(text) > shown:
+            yield text[shown:]  # held-back text that turned out not to be a call
+        return text, finish, count
