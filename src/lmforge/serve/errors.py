@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -46,8 +46,10 @@ def error_body(message: str, type: str, param: str | None = None,
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+def error_response(err: APIError) -> Response:
+    # ASCII-escaped: a message may quote client input, lone surrogates included.
+    return Response(json.dumps(err.body()), status_code=err.status, headers=err.headers,
+                    media_type="application/json")
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -83,7 +85,7 @@ def validation_error(exc: RequestValidationError) -> APIError:
                        "invalid_value")
 
 
-def _logged(request: Request, err: APIError) -> JSONResponse:
+def _logged(request: Request, err: APIError) -> Response:
     """The response, with the error's code noted for the access log."""
     access = request.scope.get("state", {}).get("access")
     if isinstance(access, dict):
@@ -94,15 +96,15 @@ def _logged(request: Request, err: APIError) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """OpenAI-shaped answers for our errors, FastAPI's validation and Starlette's 404/405."""
 
-    async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
+    async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)
         return _logged(request, exc)
 
-    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+    async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         return _logged(request, validation_error(exc))
 
-    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404:
@@ -110,7 +112,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return _logged(request, APIError(exc.status_code, message,
                                          headers=dict(exc.headers or {})))
 
-    async def on_lmforge(request: Request, exc: Exception) -> JSONResponse:
+    async def on_lmforge(request: Request, exc: Exception) -> Response:
         # A user error raised below the API (a prompt the engine refuses): the client's fault.
         assert isinstance(exc, LmforgeError)
         return _logged(request, bad_request(exc.message))

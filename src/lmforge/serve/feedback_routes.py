@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPBearer
 
 from lmforge.serve.errors import APIError, bad_request
+from lmforge.serve.sampling import check_text
 from lmforge.serve.schemas import FeedbackRequest
 from lmforge.serve.state import server_state
 
@@ -23,6 +24,7 @@ async def feedback(body: FeedbackRequest, request: Request) -> dict[str, Any]:
     if state.feedback is None:
         raise APIError(404, "Feedback is off on this server (it runs with "
                             "--no-store-responses).", code="feedback_disabled")
+    check_text(body)
     if body.rating is None and not body.preferred and not body.comment:
         raise bad_request("Give a rating (+1 or -1), a preferred answer, or a comment.",
                           "rating")

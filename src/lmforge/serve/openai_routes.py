@@ -23,6 +23,7 @@ from lmforge.serve.sampling import (
     check_prompts,
     check_stops,
     check_supported,
+    check_text,
     max_new_tokens,
     sampling_params,
 )
@@ -181,6 +182,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     """Continue a prompt (any model, base or tuned)."""
     arrived = time.monotonic()
     state = server_state(request)
+    check_text(body)
     state.check_model(body.model)
     check_supported(body)
     stops = check_stops(body)
@@ -218,6 +220,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     """The next assistant message of a conversation (models with a chat template)."""
     arrived = time.monotonic()
     state = server_state(request)
+    check_text(body)
     state.check_model(body.model)
     if state.served.chat_problem:
         raise bad_request(state.served.chat_problem, "model", "model_not_chat")

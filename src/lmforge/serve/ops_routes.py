@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from lmforge.serve.errors import APIError, error_response
 from lmforge.serve.state import server_state
@@ -20,7 +20,7 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready", response_model=None)
-async def ready(request: Request) -> dict[str, Any] | JSONResponse:
+async def ready(request: Request) -> dict[str, Any] | Response:
     state = server_state(request)
     if not state.ready:
         return error_response(APIError(503, "The engine is not running (starting or "

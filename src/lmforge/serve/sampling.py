@@ -4,6 +4,10 @@ OpenAI's defaults applied (temperature 1, top_p 1)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import BaseModel
+
 from lmforge.engine.sampling import SamplingParams
 from lmforge.serve.config import MAX_CHOICES
 from lmforge.serve.errors import APIError, bad_request
@@ -52,10 +56,15 @@ def max_new_tokens(state: ServerState, requested: int | None, param: str,
     return requested
 
 
+# Below this a temperature is greedy (as vLLM): dividing logits by 1e-300 overflows to
+# inf, and the probabilities become NaN.
+MIN_TEMPERATURE = 1e-5
+
+
 def sampling_params(body: SamplingFields, max_new: int) -> SamplingParams:
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
-    if top_p == 0:  # only the likeliest token has the mass: greedy
+    if top_p == 0 or temperature < MIN_TEMPERATURE:  # all the mass on one token: greedy
         temperature, top_p = 0.0, 1.0
     return SamplingParams(temperature=temperature, top_k=body.top_k or 0, top_p=top_p,
                           max_new_tokens=max_new, seed=body.seed)
@@ -74,3 +83,28 @@ def check_supported(body: SamplingFields) -> None:
     problem = body.unsupported()
     if problem is not None:
         raise bad_request(problem[1], problem[0], "unsupported_parameter")
+
+
+def _surrogate_at(value: Any, path: str) -> str | None:
+    """The path of the first string holding a lone surrogate (JSON allows "\\ud800"; no
+    tokenizer or database does), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or None
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) \
+        if isinstance(value, list) else ()
+    for key, item in items:
+        found = _surrogate_at(item, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
+def check_text(body: BaseModel) -> None:
+    where = _surrogate_at(body.model_dump(), "")
+    if where is not None:
+        raise bad_request(f"Invalid value for '{where}': a lone UTF-16 surrogate is not "
+                          "text.", where, "invalid_value")
