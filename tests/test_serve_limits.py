@@ -5,7 +5,9 @@ queue (503), request timeouts (503, or an error event in a stream), and the body
 from __future__ import annotations
 
 import json
+import time
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -15,7 +17,7 @@ from lmforge.serve.auth import KeyStore, digest, presented_key
 from lmforge.serve.config import parse_rate
 from lmforge.serve.errors import APIError
 from lmforge.serve.limits import RateLimiter
-from serve_helpers import StandInEngine, make_state, tiny_model
+from serve_helpers import StandInEngine, live_server, make_state, tiny_model
 
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 
@@ -164,3 +166,31 @@ def test_a_body_over_the_cap_is_413_before_parsing(folder, tmp_path):
         r = c.post("/v1/chat/completions", content=chunks())
         assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
         assert c.post("/v1/chat/completions", json=BODY).status_code == 200
+
+
+def wait_for(condition, seconds: float = 20.0) -> bool:
+    """Poll `condition` until true or `seconds` pass (a bound for a slow machine, not a
+    timing assertion)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_a_client_that_hangs_up_frees_its_requests(folder, tmp_path):
+    engine = StandInEngine()  # accepts, never answers: only a hang-up can end the requests
+    state = make_state(folder, tmp_path / "ws", engine=engine, timeout_s=600)
+    with live_server(state) as url:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{url}/v1/chat/completions", json={**BODY, "n": 2}, timeout=0.5)
+        assert wait_for(lambda: len(engine.streams) == 2
+                        and all(s.cancelled.is_set() for s in engine.streams))
+        with httpx.stream("POST", f"{url}/v1/chat/completions",
+                          json={**BODY, "stream": True}) as r:
+            first = next(r.iter_lines())  # the role chunk: the stream has started
+            assert first.startswith("data: {")
+        assert wait_for(lambda: len(engine.streams) == 3 and engine.streams[2].cancelled.is_set())
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'lmforge:num_requests_waiting{model_name="tiny"} 0.0' in metrics

@@ -63,7 +63,3 @@ def usage_chunk(rid: str, created: int, model: str, obj: str,
     return {"id": rid, "object": obj, "created": created, "model": model,
             "system_fingerprint": None, "choices": [], "usage": usage}
 
-
-def finish_reason(engine_reason: str | None) -> str:
-    """OpenAI's reasons: stop, length (an aborted choice only reaches a stored record)."""
-    return engine_reason or "abort"
