@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.engine.sampling import SamplingParams, sample_next
-from lmforge.engine.streams import RequestStream, StopText, TokenEvent
+from lmforge.engine.streams import RequestStream, StopText, TokenEvent, Wakes, wake
 from lmforge.errors import LmforgeError
 from lmforge.model.kv_cache import KVCache
 from lmforge.model.transformer import Transformer
@@ -97,6 +97,7 @@ class Engine:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._wakes: Wakes = {}  # async readers to wake once the step's events are out
         # Every key exists from the start, so stats() can copy it while the loop counts.
         self._counts = dict.fromkeys(["steps", "prompt_tokens", "generation_tokens", "end:stop",
                                       "end:length", "end:abort", "end:error"], 0)
@@ -176,6 +177,7 @@ class Engine:
                 pending = self._running + list(self._waiting)
                 self._running, self._waiting = [], deque()
             self._fail(pending, e)
+            self._wake()
 
     def _loop(self) -> None:
         while True:
@@ -191,6 +193,7 @@ class Engine:
                 self._fail(self._running + joining, e)
                 self._running = []
                 self.cache.reset()
+            self._wake()
 
     def _fail(self, requests: list[_Active], error: BaseException) -> None:
         for a in requests:
@@ -253,6 +256,7 @@ class Engine:
                 tokens[i] = int(sample_next(logits[i:i + 1], a.req.params, a.generator)[0])
         for a, token in zip(rows, tokens):
             self._emit(a, token)
+        self._wake()
         self._leave()
 
     def _emit(self, a: _Active, token: int) -> None:
@@ -280,7 +284,11 @@ class Engine:
     def _send(self, a: _Active, item: TokenEvent | BaseException) -> None:
         stream = a.stream()
         if stream is not None:
-            stream._put(item)
+            stream._put(item, self._wakes)
+
+    def _wake(self) -> None:
+        wakes, self._wakes = self._wakes, {}
+        wake(wakes)
 
     def _leave(self) -> None:
         """Drop finished rows; the last running row moves into each freed slot."""
@@ -303,4 +311,5 @@ class Engine:
         for a in pending:
             if not a.finished:
                 self._finish(a, None, "", "abort")
+        self._wake()
 

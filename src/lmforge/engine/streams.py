@@ -47,17 +47,17 @@ class RequestStream:
     def __del__(self) -> None:
         self.cancelled.set()  # an abandoned stream must not hold a row
 
-    def _put(self, item: TokenEvent | BaseException) -> None:
-        """Engine thread: hand over an event, or the exception that ended the request."""
+    def _put(self, item: TokenEvent | BaseException, wakes: Wakes | None = None) -> None:
+        """Engine thread: hand over an event, or the exception that ended the request. With
+        `wakes`, an async reader is only noted there, for one wake-up per loop (`wake`)."""
         self._items.put(item)
         with self._lock:
             waker = self._waker
         if waker is not None:
-            loop, ready = waker
-            try:
-                loop.call_soon_threadsafe(ready.set)
-            except RuntimeError:  # the consumer's loop is closed: nobody is listening
-                self.cancelled.set()
+            if wakes is None:
+                wake({waker[0]: [self]})
+            else:
+                wakes.setdefault(waker[0], []).append(self)
 
     def _unpack(self, item: TokenEvent | BaseException) -> TokenEvent:
         if isinstance(item, BaseException):
@@ -90,6 +90,26 @@ class RequestStream:
         finally:
             if not self._done:  # the client went away (or the task was cancelled)
                 self.cancel()
+
+
+Wakes = dict[asyncio.AbstractEventLoop, list[RequestStream]]
+
+
+def wake(wakes: Wakes) -> None:
+    """Wake the async readers of these streams: one call into each event loop, so a decode
+    step costs every loop one wake-up, not one per stream."""
+    for loop, streams in wakes.items():
+        try:
+            loop.call_soon_threadsafe(_set_ready, streams)
+        except RuntimeError:  # the loop is closed: nobody is listening
+            for stream in streams:
+                stream.cancel()
+
+
+def _set_ready(streams: list[RequestStream]) -> None:
+    for stream in streams:
+        if stream._waker is not None:
+            stream._waker[1].set()
 
 
 class StopText:
