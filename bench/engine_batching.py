@@ -60,6 +60,12 @@ def load_or_build(args: argparse.Namespace) -> tuple[Transformer, Tokenizer, str
         design = from_preset("tiny")
         tok = train_tokenizer(stories(), design.vocab_size, show_progress=False)
         return initialize(Transformer(design), "gpt2", seed=0).eval(), tok, "tiny (random init)"
+    path = Path(args.model).expanduser()
+    if path.is_dir() and not (path / "manifest.json").exists():
+        from lmforge.model.io import load_model_dir
+
+        model, tok = load_model_dir(path)
+        return model.float().eval(), tok, str(path)
     from lmforge.model.io import load_model
     from lmforge.registry import Workspace
 
