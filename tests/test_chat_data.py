@@ -144,8 +144,14 @@ def test_real_instruction_datasets(shared_data, tok):
 BAD = [
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]},
      "message 1: unknown role 'bot'"),
-    ({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "4"}]},
-     "unknown role 'tool'"),
+    ({"messages": [{"role": "user", "content": "hi", "tool_calls": [{"name": "f"}]},
+                   {"role": "assistant", "content": "yo"}]},
+     "message 0 (user) has tool_calls; only assistant turns call tools"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None,
+                   "tool_calls": [{"function": {"name": "f", "arguments": "{x"}}]}]},
+     "message 1, tool call 0 (f): arguments are not valid JSON"),
+    ({"messages": _pair("hi", "yo"), "tools": [{"type": "function", "function": {}}]},
+     "tool 0 has no valid function name"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]},
      "message 1: empty assistant turn"),
     ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]},
@@ -341,7 +347,8 @@ def test_answers_are_single_sentences_from_the_docstrings(pydocs):
         name = conv.source.removeprefix("pydocs-chat:")
         if name not in summaries:
             continue  # the project's own conversations, and two-turn ones
-        answer = conv.messages[-1]["content"]
+        named, answer = conv.messages[-1]["content"].split(": ", 1)
+        assert named == name  # the answer names what it describes, then the summary
         assert answer.endswith(".") and "\n" not in answer and answer[0].isupper()
         # One sentence: no "word. Word" boundary inside (abbreviations like "e.g." aside).
         assert not re.search(r"\b[a-z]{3,}[.!?] [A-Z][a-z]", answer), answer
@@ -362,8 +369,9 @@ def test_project_written_conversations(pydocs, tok):
     known = {e.name for e in pc._entries()}
     for conv in own:
         if "unknown|" in conv.source:
-            name = conv.source.split("|", 1)[1]
-            assert name not in known and _mentions(conv.messages[-2]["content"], name)
+            name = conv.source.split("|", 1)[1].removesuffix("#tools")
+            asked = next(m for m in conv.messages if m["role"] == "user")["content"]
+            assert name not in known and _mentions(asked, name)
             assert "don't know" in conv.messages[-1]["content"] or \
                 "not aware" in conv.messages[-1]["content"]
         if "refusal|" in conv.source:
@@ -390,3 +398,42 @@ def test_builtin_names_in_conversation_sources(tmp_path, pydocs):
     convs = conversation_sources(["pydocs-chat", str(path)])
     assert convs[:len(pydocs[0])] == pydocs[0] and convs[-1].source == f"{path}:1"
     assert conversation_sources(["pydocs-chat:heldout"]) == pydocs[1]
+
+
+def test_tool_conversations_call_the_docstring_tool_and_answer_from_it(pydocs, tok):
+    train, heldout = pydocs
+    held = set(pc.heldout_names())
+    with_tools = [c for c in train + heldout if c.tools]
+    named = [c for c in with_tools if "|" not in c.source]
+    everything = {e.name for e in pc._entries()}
+    assert 0.25 < len(named) / len(everything) < 0.42  # one name in TOOL_SHARE (3)
+    for conv in named:
+        name = conv.source.removeprefix("pydocs-chat:").removesuffix("#tools")
+        assert (conv in heldout) == (name in held)  # held-out names stay out of training
+        user, call, result, answer = conv.messages[-4:]
+        assert user["role"] == "user" and _mentions(user["content"], name)
+        assert call["tool_calls"] == [{"type": "function", "function": {
+            "name": "docstring", "arguments": {"name": name}}}]
+        assert result == {"role": "tool", "content": pc.docstring_text(name)}
+        assert answer["content"].startswith(f"{name}: ")
+        ids, mask = encode_conversation(tok, conv)
+        assert 0 < sum(mask) < len(ids)
+    # The project's own conversations are asked with the tool offered too: greetings and
+    # refusals answered without a call, made-up names looked up, not found, and not known.
+    own = {c.source.split("|")[0].removeprefix("pydocs-chat:"): c for c in with_tools
+           if "|" in c.source}
+    assert {"greeting", "refusal", "unknown"} <= set(own)
+    for conv in with_tools:
+        calls = [m for m in conv.messages if m.get("tool_calls")]
+        if "greeting|" in conv.source or "refusal|" in conv.source:
+            assert not calls
+        if "unknown|" in conv.source:
+            assert conv.messages[-2]["content"].startswith("No documentation found for")
+            assert "know" in conv.messages[-1]["content"] or "aware" in conv.messages[-1]["content"]
+
+
+def test_docstring_tool_text(tok):
+    assert pc.docstring_text("textwrap.dedent").startswith("Remove any common leading")
+    assert pc.docstring_text("flurblegrad") == "No documentation found for flurblegrad."
+    long = max(pc._docstrings(), key=lambda n: len(pc._docstrings()[n]))
+    assert len(pc.docstring_text(long)) <= pc.DOC_CHARS + 4  # cut near DOC_CHARS, then " ..."

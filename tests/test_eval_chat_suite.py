@@ -85,8 +85,12 @@ def test_long_prompt_is_cut_from_the_left_keeping_the_chat_framing(tok):
 
 def test_end_to_end_on_a_tiny_random_model(model, tok):
     tasks = cs.run_chat_suite(model, tok, {"max_new_tokens": 4}, limit=5, progress=False)
-    assert set(tasks) == {"ifeval", "edge_cases", "pydocs_qa"}
+    assert set(tasks) == {"ifeval", "edge_cases", "pydocs_qa", "pydocs_tools"}
     json.dumps(tasks)  # the report is JSON
+    tools = tasks.pop("pydocs_tools")  # a call, then an answer: no single token count
+    assert tools["n"] == 10 and {it["kind"] for it in tools["items"]} == {"needs_tool",
+                                                                          "no_tool"}
+    assert {"call_accuracy", "false_calls"} <= set(tools["metrics"])
     for entry in tasks.values():
         assert entry["kind"] == "generation" and entry["n"] == 5 == len(entry["items"])
         for m in entry["metrics"].values():

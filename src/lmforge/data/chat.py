@@ -4,7 +4,9 @@ A conversation is a list of OpenAI-style messages (role system, user or assistan
 string). `load_conversations` reads JSON Lines (also .gz, .zst), JSON arrays, folders, globs and
 `hf:` datasets, and converts the common instruction shapes on load, record by record:
 
-- OpenAI chat:     {"messages": [{"role": "user", "content": ...}, ...]}
+- OpenAI chat:     {"messages": [{"role": "user", "content": ...}, ...], "tools": [...]}
+                   (roles system, user, assistant, tool; assistant `tool_calls`, optional
+                   `tools` offered, as in OpenAI's fine-tuning files)
 - ShareGPT:        {"conversations": [{"from": "human"|"gpt"|"system", "value": ...}, ...]}
 - Alpaca:          {"instruction", "input", "output"}        (input may be empty or absent)
 - Dolly:           {"instruction", "context", "response"}    (context may be empty or absent)
@@ -29,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmforge.chat_format import ROLES, validate_messages, validate_tools
 from lmforge.data.documents import make_reporter
 from lmforge.data.hub import _load, is_hub_spec, parse_spec
 from lmforge.data.readers import ReadProblem, json_records
 from lmforge.errors import LmforgeError
-from lmforge.tokenizer import ROLE_IDS, Tokenizer
+from lmforge.tokenizer import Tokenizer
 
 __all__ = ["BUILTIN_CHAT", "SHAPES_HINT", "Conversation", "check_mask", "conversation_sources",
            "conversations_from_record", "encode_conversation", "load_conversations",
@@ -41,7 +44,8 @@ __all__ = ["BUILTIN_CHAT", "SHAPES_HINT", "Conversation", "check_mask", "convers
 
 SHAPES_HINT = (
     'accepted records: {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", '
-    '"content": "..."}]} (roles system, user, assistant), ShareGPT {"conversations": [{"from": '
+    '"content": "..."}], "tools": [...]} (roles system, user, assistant, tool), ShareGPT '
+    '{"conversations": [{"from": '
     '"human"|"gpt"|"system", "value": "..."}]}, Alpaca {instruction, input, output}, Dolly '
     '{instruction, context, response}, self-instruct {prompt, completion} or {instruction, '
     'instances: [{input, output}]}'
@@ -57,8 +61,9 @@ _EOT = "<|endoftext|>"  # GPT-3 fine-tuning files end completions with it; <|end
 
 @dataclass
 class Conversation:
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     source: str  # where it came from: "file:line", "hf:NAME:SPLIT[row]", "pydocs-chat:NAME"
+    tools: list[dict] | None = None  # OpenAI tools offered in this conversation
 
 
 class _Bad(Exception):
@@ -94,8 +99,9 @@ def _pair(user: str, assistant: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
 
 
-def _checked(messages: Any) -> list[dict[str, str]]:
-    """OpenAI messages: known roles, string contents, no empty assistant turn, at least one."""
+def _checked(messages: Any) -> list[dict[str, Any]]:
+    """OpenAI messages: known roles, string contents, no empty assistant turn, at least one;
+    tool calls well formed, with their arguments as JSON objects."""
     if not isinstance(messages, list) or not messages:
         raise _Bad("'messages' must be a non-empty list of {role, content} objects")
     out = []
@@ -103,19 +109,49 @@ def _checked(messages: Any) -> list[dict[str, str]]:
         if not isinstance(m, dict):
             raise _Bad(f"message {i} is a JSON {type(m).__name__}, not an object")
         role = m.get("role")
-        if role not in ROLE_IDS:
-            raise _Bad(f"message {i}: unknown role {role!r} (roles are system, user, assistant)")
+        if role not in ROLES:
+            raise _Bad(f"message {i}: unknown role {role!r} (roles are {', '.join(ROLES)})")
+        calls = m.get("tool_calls") or []
         content = m.get("content")
+        if content is None and calls and role == "assistant":
+            content = ""
         if not isinstance(content, str):
             what = "no 'content'" if "content" not in m else \
                 f"content is {type(content).__name__}, not a string"
             raise _Bad(f"message {i} ({role}): {what}")
-        if role == "assistant" and not content.strip():
+        if role == "assistant" and not content.strip() and not calls:
             raise _Bad(f"message {i}: empty assistant turn")
-        out.append({"role": role, "content": content})  # other keys (name, weight) dropped
+        kept: dict[str, Any] = {"role": role, "content": content}
+        if calls:
+            kept["tool_calls"] = calls  # checked below with the whole conversation
+        out.append(kept)  # other keys (name, weight, tool_call_id) dropped
+    try:
+        validate_messages(out)
+    except LmforgeError as e:
+        raise _Bad(e.message) from None
+    for m in out:  # arguments as objects: one canonical spelling to learn
+        if "tool_calls" in m:
+            m["tool_calls"] = [_canonical_call(c) for c in m["tool_calls"]]
     if not any(m["role"] == "assistant" for m in out):
         raise _Bad("no assistant turn (nothing to learn from)")
     return out
+
+
+def _canonical_call(call: dict) -> dict:
+    fn = call.get("function", call)
+    args = fn.get("arguments", {})
+    return {"type": "function", "function": {
+        "name": fn["name"], "arguments": json.loads(args) if isinstance(args, str) else args}}
+
+
+def _tools(rec: dict) -> list[dict] | None:
+    if rec.get("tools") in (None, []):
+        return None
+    try:
+        validate_tools(rec["tools"])
+    except LmforgeError as e:
+        raise _Bad(e.message) from None
+    return rec["tools"]
 
 
 def _sharegpt(turns: Any) -> list[dict[str, str]]:
@@ -132,7 +168,7 @@ def _sharegpt(turns: Any) -> list[dict[str, str]]:
     return _checked(messages)
 
 
-def _record_messages(rec: Any) -> list[list[dict[str, str]]]:
+def _record_messages(rec: Any) -> list[list[dict[str, Any]]]:
     """The conversations of one record (a self-instruct task gives one per instance)."""
     if not isinstance(rec, dict):
         raise _Bad(f"a JSON {type(rec).__name__}, not an object")
@@ -176,10 +212,11 @@ def conversations_from_record(rec: Any, where: str) -> list[Conversation]:
     """One record (any accepted shape) as conversations; a bad one raises naming `where`."""
     try:
         found = _record_messages(rec)
+        tools = _tools(rec) if isinstance(rec, dict) and "messages" in rec else None
     except _Bad as e:
         raise LmforgeError(f"{where}: {e}", hint=SHAPES_HINT) from None
     if len(found) == 1:
-        return [Conversation(found[0], where)]
+        return [Conversation(found[0], where, tools)]
     return [Conversation(m, f"{where}#{i + 1}") for i, m in enumerate(found)]
 
 
@@ -368,11 +405,12 @@ def encode_conversation(tok: Tokenizer, messages: list[dict] | Conversation,
                         ) -> tuple[list[int], list[bool]]:
     """Token ids of a conversation in the chat layout, and the loss mask: True on assistant
     contents and their <|end|>. Truncated to `max_tokens`; raises when nothing is learned."""
+    tools = None
     if isinstance(messages, Conversation):
         where = where or messages.source
-        messages = messages.messages
+        messages, tools = messages.messages, messages.tools
     try:
-        ids, mask = tok.render_chat(messages)
+        ids, mask = tok.render_chat(messages, tools=tools)
     except LmforgeError as e:
         raise LmforgeError(f"{where or _describe(messages)}: {e.message}",
                            hint=e.hint or SHAPES_HINT) from None
@@ -388,6 +426,8 @@ def _score(conv: Conversation, seed: int) -> float:
     """A conversation's place in [0, 1), from its content: duplicates land together, and the
     split of a conversation does not move when others are added or reordered."""
     key = json.dumps(conv.messages, ensure_ascii=False, sort_keys=True)
+    if conv.tools:
+        key += json.dumps(conv.tools, ensure_ascii=False, sort_keys=True)
     digest = hashlib.sha256(f"{seed}|{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 

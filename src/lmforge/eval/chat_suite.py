@@ -13,6 +13,8 @@ Three tasks for a report (kind "generation"):
 - `pydocs_qa` (`lmforge.eval.pydocs_qa`): questions about functions of the embedded corpus
   held out of the built-in SFT data; the share of answers that are summary-shaped (end the
   turn, on topic, not a copy of the question, one short sentence).
+- `pydocs_tools` (`lmforge.eval.pydocs_tools`): the same questions with the `docstring` tool
+  offered, and prompts that need no tool: calls made right, and calls made needlessly.
 
 Every prompt goes through `tok.render_chat` as one user message with the generation prompt,
 and `generate_tokens` until an end/EOS/role token or `max_new_tokens`; greedy unless settings
@@ -360,8 +362,8 @@ def _metric(values: Sequence[float]) -> dict:
 
 def run_chat_suite(model: Any, tok: Any, settings: Any, limit: int | None = None,
                    progress: bool = True) -> dict[str, dict]:
-    """Run `ifeval`, `edge_cases` and `pydocs_qa` through the model; task entries of the
-    report schema.
+    """Run `ifeval`, `edge_cases`, `pydocs_qa` and `pydocs_tools` through the model; task
+    entries of the report schema.
 
     Reads from `settings` (an EvalSettings, a mapping or any object; missing = default):
     max_new_tokens (128), seed (0), temperature (0 = greedy), top_k (0), top_p (1.0),
@@ -408,11 +410,13 @@ def run_chat_suite(model: Any, tok: Any, settings: Any, limit: int | None = None
         edge_items, edge_seconds = answer_all(cases, _edge_item)
     source = f"builtin:chat (seed={seed}, prompts={n_prompts})"
     from lmforge.eval.pydocs_qa import run_pydocs_qa
+    from lmforge.eval.pydocs_tools import run_pydocs_tools
 
     return {
         "ifeval": _ifeval_entry(ifeval_items, source, ifeval_seconds),
         "edge_cases": _edge_entry(edge_items, source, edge_seconds),
         "pydocs_qa": run_pydocs_qa(model, tok, settings, limit, progress),
+        "pydocs_tools": run_pydocs_tools(model, tok, settings, limit, progress),
     }
 
 

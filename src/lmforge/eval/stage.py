@@ -33,7 +33,7 @@ from lmforge.stage import Outcome, check_keys
 
 REPORT_KIND = "eval-report"
 CHAT_SUITE = "chat"
-CHAT_TASKS = ("ifeval", "edge_cases", "pydocs_qa")
+CHAT_TASKS = ("ifeval", "edge_cases", "pydocs_qa", "pydocs_tools")
 ALL_SUITES = (*SUITES, CHAT_SUITE)
 
 
