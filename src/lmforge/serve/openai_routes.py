@@ -16,7 +16,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 
 from lmforge.serve import responses as R
-from lmforge.serve.chat import assistant_message, chat_stop_ids, completion_stop_ids, prompt_for
+from lmforge.serve.chat import (
+    ToolStream,
+    assistant_message,
+    chat_stop_ids,
+    completion_stop_ids,
+    prompt_for,
+)
 from lmforge.serve.errors import APIError, bad_request, error_body
 from lmforge.serve.generation import Generation
 from lmforge.serve.sampling import (
@@ -228,7 +234,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     stops = check_stops(body)
     tok = state.served.tok
     messages = body.message_dicts()
-    ids = await run_in_threadpool(prompt_for, tok, messages, body.tools)
+    prompt = await run_in_threadpool(prompt_for, tok, messages, body.tools, body.tool_choice)
+    ids = prompt.ids
     check_prompts(state, [ids], body.n)
     requested = body.max_completion_tokens or body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
@@ -243,18 +250,39 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         opening = [R.sse(R.chat_chunk(rid, created, model, i, {"role": "assistant",
                                                                 "content": ""}, None))
                    for i in range(body.n)]
+        held = [ToolStream(prompt) for _ in range(body.n)] if prompt.tools else None
 
         def piece(index: int, text: str, finish: str | None) -> bytes:
-            delta = {"content": text} if text else {}
-            return R.sse(R.chat_chunk(rid, created, model, index, delta, finish))
+            if held is None:
+                delta = {"content": text} if text else {}
+                return R.sse(R.chat_chunk(rid, created, model, index, delta, finish))
+            out = b""
+            shown = held[index].add(text)
+            if shown:
+                out += R.sse(R.chat_chunk(rid, created, model, index, {"content": shown},
+                                          None))
+            if finish is None:
+                return out
+            tail, calls = held[index].finish()
+            if tail:
+                out += R.sse(R.chat_chunk(rid, created, model, index, {"content": tail},
+                                          None))
+            if calls:
+                out += R.sse(R.chat_chunk(rid, created, model, index, {"tool_calls": calls},
+                                          None))
+                finish = "tool_calls" if finish == "stop" else finish
+            return out + R.sse(R.chat_chunk(rid, created, model, index, {}, finish))
 
         return _sse(_streamed(request, state, gen, rid, "chat.completions", record, len(ids),
                               opening, piece, "chat.completion.chunk", include))
 
     def full() -> dict[str, Any]:
-        return R.chat_body(rid, created, model, [
-            {"index": c.index, "message": assistant_message(c.text, body.tools),
-             "finish_reason": c.finish_reason} for c in gen.choices], gen.usage(len(ids)))
+        choices = []
+        for c in gen.choices:
+            message, calls = assistant_message(c.text, prompt)
+            finish = "tool_calls" if calls and c.finish_reason == "stop" else c.finish_reason
+            choices.append({"index": c.index, "message": message, "finish_reason": finish})
+        return R.chat_body(rid, created, model, choices, gen.usage(len(ids)))
 
     return await _answer(request, state, gen, rid, "chat.completions", record, len(ids),
                          full)
