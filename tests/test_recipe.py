@@ -183,3 +183,14 @@ def test_set_reaches_inside_tables(recipe_dir):
     assert train["dedup"] == {"near": False}
     with pytest.raises(LmforgeError, match="train.sources.stories.split is a value"):
         load_recipe(str(path), ["train.sources.stories.split.x=1"], tuple(STAGES))
+
+
+def test_compare_steps_offer_only_known_tools(tmp_path):
+    from lmforge.lifecycle.compare import CompareSettings
+
+    ok = CompareSettings.from_dict({"models": ["@sft"], "tools": "docstring",
+                                    "temperature": 0.0}, "steps.tools", tmp_path)
+    assert ok.tools == ("docstring",) and ok.temperature == 0.0
+    with pytest.raises(LmforgeError, match="unknown tool 'weather'"):
+        CompareSettings.from_dict({"models": ["@sft"], "tools": ["weather"]}, "steps.tools",
+                                  tmp_path)
