@@ -4,16 +4,19 @@ SQLite file in the workspace (never in the model's artifact), for the fine-tunin
 `<workspace>/feedback/<model id>.sqlite`, WAL mode so replicas write side by side. Table
 `responses` holds each completion (the request as sent, the choices, usage) under the id the
 client saw; table `feedback` holds one row per rating, preferred answer or comment, joined
-to its response by id. Conversation state is not kept: a response row is a record, never
-read back to build a prompt.
+to its response by id; table `preferences` holds the pairs of answers shown on the review
+page and which one a person picked (serve/preferences.py). Conversation state is not kept: a
+response row is a record, never read back to build a prompt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +49,22 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS feedback_response ON feedback (response_id)",
     "CREATE INDEX IF NOT EXISTS feedback_created ON feedback (created)",
+    # Added after version 1 shipped; readers of version 1 ignore it, so the version stays.
+    """CREATE TABLE IF NOT EXISTS preferences (
+        id TEXT PRIMARY KEY,             -- review-<hex>: the pair the review page showed
+        model TEXT NOT NULL,             -- the artifact id that wrote both answers
+        created TEXT NOT NULL,
+        key_id TEXT,                     -- who asked for the pair (a digest prefix), if any
+        source TEXT,                     -- the stored response whose prompt it reuses, or NULL
+        messages_json TEXT NOT NULL,     -- the prompt: OpenAI messages
+        answers_json TEXT NOT NULL,      -- [{content, seed, finish_reason}] as shown: A, B
+        settings_json TEXT NOT NULL,     -- temperature, max_tokens
+        verdict TEXT CHECK (verdict IN ('A', 'B', 'tie', 'neither')),  -- NULL: not judged
+        comment TEXT,
+        judged TEXT,                     -- when the verdict came (ISO-8601 UTC)
+        judged_key_id TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS preferences_source ON preferences (source)",
 )
 
 
@@ -94,6 +113,12 @@ class FeedbackStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """The connection, held by one thread at a time (for serve/preferences.py)."""
+        with self._lock:
+            yield self._conn
 
     def add_response(self, response_id: str, endpoint: str, key_id: str | None,
                      request: dict[str, Any], choices: list[dict[str, Any]],
