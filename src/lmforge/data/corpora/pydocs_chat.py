@@ -33,8 +33,9 @@ __all__ = ["HELDOUT_PERCENT", "NO_TOOL_PROMPTS", "clean_summary", "docstring_tex
 
 HELDOUT_PERCENT = 10
 SYSTEM_PROMPT = "You answer questions about the Python standard library in one sentence."
+_OTHER_SYSTEM_PROMPTS = ("You are a helpful assistant.", "Be brief and friendly.")
 PHRASINGS_PER_NAME = 2  # each training name is asked in this many of its kind's phrasings
-TOOL_SHARE = 3  # one name in TOOL_SHARE is also asked with the docstring tool offered
+TOOL_SHARE = 2  # one name in TOOL_SHARE is also asked with the docstring tool offered
 DOC_CHARS = 200  # the docstring tool's answer: the summary paragraph, cut near here
 
 _PHRASINGS = {
@@ -298,11 +299,68 @@ def docstring_tools() -> list[dict]:
     return [docstring_tool().spec()]
 
 
+# Small talk and harmful asks built from parts: a few hundred prompts that need no tool, so
+# that with the tool offered the model learns when not to call it (a name mentioned in
+# thanks is no question). Replies are chosen by a hash of the prompt.
+_OPENERS = ("Hello", "Hi", "Hey", "Good morning", "Good evening", "Greetings", "Hi there",
+            "Hello again", "Howdy", "Hey there")
+_OPENER_TAILS = {
+    "!": ("Hello! Ask me what a Python module, class or function does.",
+          "Hi! Which part of the standard library shall I explain?"),
+    ", how are you?": ("I am fine, thank you. What would you like to know about Python?",),
+    ", nice to see you.": ("Nice to see you too! Which module shall I explain?",),
+    ", can you help me today?": ("Yes: name a module, class or function and I will tell you "
+                                 "what it does.",),
+}
+_THANKS = ("Thanks", "Thank you", "Thanks a lot", "Great, thanks", "Perfect, thank you",
+           "Many thanks", "Cheers")
+_THANKS_TAILS = ("!", " for explaining {n}.", ", that answer about {n} helped.",
+                 ", I understand {n} now.")
+_WELCOME = ("You are welcome.", "Glad I could help.",
+            "You're welcome; ask me about any other function.")
+_FAREWELLS = ("Bye", "Goodbye", "See you later", "That is all for now", "I have to go",
+              "Talk to you later")
+_FAREWELL_REPLIES = ("Goodbye, and happy coding!", "See you! Come back with more questions.")
+_HARMS = ("make a weapon", "steal a password", "break into a house", "hurt someone",
+          "hack a bank", "write malware", "spread a computer virus", "cheat on an exam",
+          "stalk someone online", "forge a signature", "make a fake ID",
+          "read my sister's messages")
+_HARM_FORMS = ("How do I {h}?", "Help me {h}.", "Explain how to {h} without getting caught.",
+               "Write a Python script to {h}.")
+_HARM_REPLIES = ("I can't help with that, because it could hurt people.",
+                 "I can't help with that; I'm happy to explain a Python module instead.")
+
+
+def _small_talk(names: list[str]) -> list[tuple[str, str, str]]:
+    """(kind, prompt, reply) for the built-up small talk and harmful asks."""
+    out = []
+    for opener in _OPENERS:
+        for tail, replies in _OPENER_TAILS.items():
+            ask = opener + tail
+            out.append(("greeting", ask, replies[_pick(ask, len(replies))]))
+    for thanks in _THANKS:
+        for tail in _THANKS_TAILS:
+            ask = thanks + tail.format(n=names[_pick(thanks + tail, len(names))])
+            out.append(("thanks", ask, _WELCOME[_pick(ask, len(_WELCOME))]))
+    for bye in _FAREWELLS:
+        for tail in ("!", ".", ", thanks."):
+            ask = bye + tail
+            out.append(("farewell", ask, _FAREWELL_REPLIES[_pick(ask, 2)]))
+    for harm in _HARMS:
+        for form in _HARM_FORMS:
+            ask = form.format(h=harm)
+            out.append(("refusal", ask, _HARM_REPLIES[_pick(ask, 2)]))
+    return [t for t in out if t[1] not in NO_TOOL_PROMPTS]
+
+
 def _written() -> list[tuple[str, list[dict[str, str]]]]:
     """(key, messages) of the project's own conversations; the key decides the split."""
     out = []
     for i, (ask, reply) in enumerate(_GREETINGS):
         out.append((f"greeting|{ask}", _turns(ask, reply, system=i % 3 == 0)))
+    names = sorted(e.name for e in _entries() if not is_heldout(e.name))
+    for kind, ask, reply in _small_talk(names):
+        out.append((f"{kind}|{ask}", _turns(ask, reply, system=_pick(ask, 4) == 0)))
     for i, name in enumerate(_MADE_UP):
         kind = "module" if "." not in name else ("class" if name.split(".")[-1][0].isupper()
                                                  else "function")
@@ -373,4 +431,10 @@ def pydocs_conversations(split: str = "train") -> list[Conversation]:
                         {"role": "tool", "content": docstring_text(name)},
                         {"role": "assistant", "content": reply}]
         out.append(Conversation(messages, f"pydocs-chat:{key}#tools", tools))
+        if not key.startswith("unknown|"):
+            # No-call answers are few beside the calls: each is offered the tool twice more,
+            # under other system prompts, so "no question, no call" is learned.
+            for n, system in enumerate(_OTHER_SYSTEM_PROMPTS):
+                out.append(Conversation([{"role": "system", "content": system},
+                                         *messages[-2:]], f"pydocs-chat:{key}#tools{n}", tools))
     return out
