@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 import lmforge
 from lmforge.registry import Workspace
-from lmforge.serve import feedback_routes, openai_routes, ops_routes
+from lmforge.serve import feedback_routes, openai_routes, ops_routes, pages, review_routes
 from lmforge.serve.access_log import AccessLogMiddleware
 from lmforge.serve.auth import KeyStore
 from lmforge.serve.config import ServeConfig
@@ -87,6 +87,8 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(openai_routes.router)
     app.include_router(feedback_routes.router)
     app.include_router(ops_routes.router)
+    app.include_router(review_routes.router)
+    app.include_router(pages.router)  # / and /review: the browser pages
     # add_middleware puts each one outside the previous: innermost first.
     app.add_middleware(BodyLimitMiddleware, max_bytes=state.cfg.max_body_bytes)
     app.add_middleware(GuardMiddleware, keys=state.keys, limiter=state.limiter,
