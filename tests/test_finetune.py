@@ -63,6 +63,12 @@ def test_the_same_command_is_the_same_artifact(cli, pretrained, domain):
     first = artifact_id(cli(*args)[1], "model")
     again = artifact_id(cli(*args)[1], "model")  # resumes the finished run: nothing retrained
     assert first == again
+    # The same command on edited files is a new run, not a resume of the old one: the run
+    # is keyed by the tokens trained on, not by the folder's name.
+    runs = set((cli.workspace / "runs").iterdir())
+    (domain / "contract0.txt").write_text("Clause 0: the buyer shall bring apples. " * 10)
+    edited = artifact_id(cli(*args)[1], "model")
+    assert edited != first and len(set((cli.workspace / "runs").iterdir()) - runs) == 1
 
 
 def test_bad_fine_tuning_requests_are_refused(cli, setup, pretrained, domain):  # noqa: F811

@@ -345,7 +345,10 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
     train_seqs = [train_seqs[i] for i in order]
     source = PackedSequences(train_seqs, val_seqs, t.seq_len, t.micro_batch, t.accumulation,
                              t.eval_batches)
-    key = hashlib.sha256(f"{base.id}|{s!r}".encode()).hexdigest()[:12]
+    # The run folder (and the checkpoint a rerun resumes from) is keyed by what is trained
+    # on, not only by its name: edited files or a newer built-in set start a new run.
+    key = hashlib.sha256(f"{base.id}|{s!r}|{_data_digest(train_seqs, val_seqs)}".encode()
+                         ).hexdigest()[:12]
     run_dir = ws.runs_dir / f"finetune-{key}"
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "run.json", {"stage": "finetune", "model": base.id,
@@ -406,6 +409,17 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
                           settings=settings, metrics=metrics, state="tuned",
                           name=f"{model.design.name}-{s.method}")
     return Outcome(art, summary(metrics), result)
+
+
+def _data_digest(*parts: Sequence[tuple[Any, Any]]) -> str:
+    """A digest of the token ids and loss masks of every sequence, in order."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        for ids, mask in part:
+            h.update(np.asarray(ids, dtype=np.int64).tobytes())
+            h.update(np.asarray(mask, dtype=np.bool_).tobytes())
+    return h.hexdigest()
 
 
 def summary(m: dict[str, Any]) -> str:
