@@ -144,8 +144,9 @@ async function send(text) {
     messages: [...(system ? [{ role: "system", content: system }] : []), ...history],
     stream: true,
     temperature: number("temperature", 0.7),
-    max_tokens: Math.round(number("max-tokens", 256)),
   };
+  const maxTokens = number("max-tokens", null); // left empty: the server's default
+  if (maxTokens !== null) body.max_tokens = Math.round(maxTokens);
   if (offered) body.tools = offered;
   controller = new AbortController();
   busy(true);
