@@ -27,7 +27,9 @@ _SERVE_HELP = """Serve a model over HTTP with OpenAI's API: the official clients
 
 \b
 Endpoints: /v1/models, /v1/completions, /v1/chat/completions (streaming with \
-"stream": true), /v1/feedback, /health, /ready, /metrics (Prometheus), /openapi.json.
+"stream": true; tools and tool_calls for models tuned to call them), /v1/feedback, \
+/v1/review, /health, /ready, /metrics (Prometheus), /openapi.json. Pages: / (a chat page \
+with thumbs up/down) and /review (pick the better of two answers: preference data).
 
 MODEL is a model id, id prefix, alias or model folder; a registered model's checksums are \
 verified before it is served, and its files are never written. Chat completions need a \
