@@ -14,10 +14,12 @@ continuous batching (`--max-batch 16`) and one request at a time (`--max-batch 1
 prints the ratio of output tokens/s. The model is the `tiny` design preset, randomly
 initialized and saved as a model folder in a temp dir (speed does not depend on training),
 unless `--model` names a model folder or artifact. The load generator runs in this process
-and shares the machine's cores with the server, as a client on the same host would.
+and shares the machine with the servers, so they run with one torch thread fewer than the
+machine has cores (`--server-threads`): on 2 cores, a server with 2 threads waits for the
+thread the client preempts at every step.
 
-    python bench/serve_load.py                  # 16 streams, 64 prompts 32 -> 128 tokens (~1 min)
-    python bench/serve_load.py --quick          # a smoke run, not a figure to quote
+    python bench/serve_load.py            # 16 streams, 64 prompts 32 -> 128, best of 3 (~2 min)
+    python bench/serve_load.py --quick    # a smoke run, not a figure to quote
     python bench/serve_load.py --duration 300 --request-rate 2   # soak: errors, RSS start/end
     python bench/serve_load.py --base-url http://127.0.0.1:8000 --model PATH  # a running server
 """
@@ -155,6 +157,8 @@ def start_server(model: str, max_batch: int, args: argparse.Namespace, tmp: Path
         env["LMFORGE_HOME"] = args.workspace
     elif Path(model).is_dir():  # a model folder: answers are recorded in a throwaway workspace
         env["LMFORGE_HOME"] = str(tmp / "workspace")
+    if args.server_threads:  # torch reads it at start: intra-op threads of the server
+        env["OMP_NUM_THREADS"] = str(args.server_threads)
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -375,7 +379,8 @@ def print_table(report: dict) -> None:
           f"completions streamed, {report['input_len']} -> {report['output_len']} tokens, "
           f"temperature {report['temperature']}; request rate {report['request_rate']}/s, "
           f"concurrency {report['concurrency']}; {report['cpu']}, {report['cores']} cores, "
-          f"load average {report['load_average']}")
+          f"server threads {report['server_threads'] or 'default'}, best of "
+          f"{report['rounds']} round(s); load average {report['load_average']}")
     names = [r["label"] for r in runs]
     width = max(16, *(len(n) for n in names))
     print(f"  {'':22s}" + "".join(f" {n:>{width}s}" for n in names))
@@ -388,6 +393,9 @@ def print_table(report: dict) -> None:
     for r in runs:
         for e in r["errors"]:
             print(f"  error ({r['label']}): {e}")
+        if len(r["rounds_output_tokens_per_s"]) > 1:
+            print(f"  output tokens/s by round ({r['label']}): "
+                  + ", ".join(f"{x:.0f}" for x in r["rounds_output_tokens_per_s"]))
         if "rss_start_mb" in r:
             print(f"  server RSS ({r['label']}): start {r['rss_start_mb']:.0f} MB, max "
                   f"{r['rss_max_mb']:.0f} MB, end {r['rss_end_mb']:.0f} MB "
@@ -399,47 +407,60 @@ def print_table(report: dict) -> None:
 # ---------------------------------------------------------------- main
 
 
-def measure(server: Server, prompts: list[str], args: argparse.Namespace, label: str
-            ) -> dict:
-    warm_up(server, prompts, args)
-    best: dict | None = None
-    for _ in range(args.rounds):  # background load only ever slows a round down
-        results, wall, samples = asyncio.run(run_load(
-            server, prompts, args, args.duration, args.rss_every if args.duration else 0.0))
-        report = summarize(results, wall)
-        if samples:
-            report.update(rss_start_mb=samples[0][1] / 2**20, rss_end_mb=samples[-1][1] / 2**20,
-                          rss_max_mb=max(s[1] for s in samples) / 2**20,
-                          rss_samples=[(round(t, 1), b) for t, b in samples])
-        if best is None or report["output_tokens_per_s"] > best["output_tokens_per_s"]:
-            best = report
-    assert best is not None
-    best["label"] = label
-    return best
+def one_round(server: Server, prompts: list[str], args: argparse.Namespace) -> dict:
+    results, wall, samples = asyncio.run(run_load(
+        server, prompts, args, args.duration, args.rss_every if args.duration else 0.0))
+    report = summarize(results, wall)
+    if samples:
+        report.update(rss_start_mb=samples[0][1] / 2**20, rss_end_mb=samples[-1][1] / 2**20,
+                      rss_max_mb=max(s[1] for s in samples) / 2**20,
+                      rss_samples=[(round(t, 1), b) for t, b in samples])
+    return report
+
+
+def measure(servers: dict[str, Server], prompts: list[str], args: argparse.Namespace
+            ) -> list[dict]:
+    """Rounds alternate between the servers (all up at once, idle while the other is
+    loaded), rotating the order, so that background load hits each alike; each server's
+    best round is kept (background load only ever slows a round down)."""
+    for server in servers.values():
+        warm_up(server, prompts, args)
+    labels = list(servers)
+    best: dict[str, dict] = {}
+    every: dict[str, list[float]] = {label: [] for label in labels}
+    for r in range(args.rounds):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            report = one_round(servers[label], prompts, args)
+            every[label].append(report["output_tokens_per_s"])
+            if label not in best or \
+                    report["output_tokens_per_s"] > best[label]["output_tokens_per_s"]:
+                best[label] = report
+    return [{**best[label], "label": label, "rounds_output_tokens_per_s": every[label]}
+            for label in labels]
 
 
 def run(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="lmforge-serve-load-"))
     try:
         model, tok, label = prepare_model(args, tmp)
-        runs = []
         if args.base_url:
             server = Server(args.base_url.rstrip("/"), args.served_name, args.server_pid)
             prompts = make_prompts(tok, args.num_prompts,
                                    args.input_len - template_overhead(server, tok, args))
-            runs.append(measure(server, prompts, args, f"server at {args.base_url}"))
+            runs = measure({f"server at {args.base_url}": server}, prompts, args)
         else:
-            prompts: list[str] = []
             batches = [args.max_batch] if args.duration or args.no_compare \
                 else [args.max_batch, 1]
-            for max_batch in batches:
-                with start_server(model, max_batch, args, tmp) as server:
-                    if not prompts:  # the same prompts for every server
-                        overhead = template_overhead(server, tok, args)
-                        prompts = make_prompts(tok, args.num_prompts, args.input_len - overhead)
+            with contextlib.ExitStack() as stack:
+                servers = {}
+                for max_batch in batches:
                     name = "batching" if max_batch > 1 else "1 at a time"
-                    runs.append(measure(server, prompts, args,
-                                        f"{name} (max-batch {max_batch})"))
+                    servers[f"{name} (max-batch {max_batch})"] = stack.enter_context(
+                        start_server(model, max_batch, args, tmp))
+                first = next(iter(servers.values()))  # the same prompts for every server
+                overhead = template_overhead(first, tok, args)
+                prompts = make_prompts(tok, args.num_prompts, args.input_len - overhead)
+                runs = measure(servers, prompts, args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     from lmforge.runtime import cpu_name
@@ -448,7 +469,8 @@ def run(args: argparse.Namespace) -> dict:
               "output_len": args.output_len, "temperature": args.temperature,
               "num_prompts": args.num_prompts,
               "request_rate": args.request_rate, "concurrency": args.concurrency,
-              "duration": args.duration, "rounds": args.rounds, "cpu": cpu_name(),
+              "duration": args.duration, "rounds": args.rounds,
+              "server_threads": None if args.base_url else args.server_threads, "cpu": cpu_name(),
               "cores": os.cpu_count(),
               "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()), "runs": runs}
     if len(runs) == 2:
@@ -477,10 +499,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=None,
                    help="send requests for this many seconds (one server; reports RSS)")
     p.add_argument("--rss-every", type=float, default=5.0, help="RSS sample period in seconds")
-    p.add_argument("--rounds", type=int, default=1, help="runs per server; the best is kept")
+    p.add_argument("--rounds", type=int, default=3, help="runs per server, the best kept "
+                   "(background load only slows a run down); 1 with --duration")
     p.add_argument("--seed", type=int, default=0, help="seed of the arrival times")
     p.add_argument("--server-timeout", type=float, default=600.0,
                    help="the server's --timeout (high: queueing is measured, not refused)")
+    p.add_argument("--server-threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                   help="torch threads of the servers (OMP_NUM_THREADS; default: one core "
+                        "fewer than the machine has, the one left is the load generator's; "
+                        "0: torch's default, one per core)")
     p.add_argument("--serve-arg", action="append", default=[],
                    help="one more argument for lmforge serve (repeat the option)")
     p.add_argument("--base-url", default=None, help="load a running server instead of "
@@ -493,7 +520,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a smoke run (8 prompts x 16 tokens): not a figure to quote")
     args = p.parse_args(argv)
     if args.quick:
-        args.num_prompts, args.output_len = 8, 16
+        args.num_prompts, args.output_len, args.rounds = 8, 16, 1
+    if args.duration is not None:
+        args.rounds = 1
     if min(args.num_prompts, args.output_len, args.concurrency, args.max_batch,
            args.rounds) < 1 or args.input_len < 8:
         p.error("--num-prompts, --output-len, --concurrency, --max-batch and --rounds must "
