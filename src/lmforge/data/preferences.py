@@ -230,7 +230,7 @@ def pair_from_record(rec: Any, where: str, report: PairReport | None = None
     return PreferencePair(prompt, chosen, rejected, where)
 
 
-# ---- files, folders, globs, datasets -------------------------------------------------------
+# ---- files, folders, globs, datasets ---------------------------------------------------------
 
 def _readable(path: Path) -> bool:
     return path.name.lower().endswith(JSONL_SUFFIXES + JSON_SUFFIXES)
@@ -336,7 +336,7 @@ def load_pairs(refs: Sequence[str | Path] | str | Path, report: PairReport | Non
     return out
 
 
-# ---- train / validation ---------------------------------------------------------------------
+# ---- train / validation ----------------------------------------------------------------------
 
 def _score(pair: PreferencePair, seed: int) -> float:
     """A pair's place in [0, 1), from its prompt: pairs of one prompt land on the same side,
@@ -360,7 +360,7 @@ def split_pairs(pairs: Sequence[PreferencePair], val_fraction: float, seed: int 
     return ([p for p, h in zip(pairs, held) if not h], [p for p, h in zip(pairs, held) if h])
 
 
-# ---- tokens and masks -------------------------------------------------------------------------
+# ---- tokens and masks ------------------------------------------------------------------------
 
 def encode_pair(tok: Tokenizer, pair: PreferencePair, max_tokens: int | None = None
                 ) -> tuple[list[int], list[bool], list[int], list[bool]]:

@@ -48,7 +48,7 @@ LOSSES = ("sigmoid", "ipo", "hinge")
 PREFIX, CHOSEN, REJECTED = 0, 1, 2  # branch of each position of a unit
 
 
-# ---- pairs as units -----------------------------------------------------------------------------
+# ---- pairs as units --------------------------------------------------------------------------
 
 @dataclass
 class PairUnit:
@@ -183,7 +183,7 @@ def sequence_logps(model: Transformer, batch: Batch) -> tuple[torch.Tensor, torc
     return sums[0::2], sums[1::2]
 
 
-# ---- the objective --------------------------------------------------------------------------------
+# ---- the objective ---------------------------------------------------------------------------
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
              ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float,
@@ -209,7 +209,8 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
 
 def check_dpo_options(beta: float, loss: str, label_smoothing: float) -> None:
     if loss not in LOSSES:
-        raise LmforgeError(f"unknown DPO loss {loss!r}", hint=f"choose --loss {' or '.join(LOSSES)}")
+        raise LmforgeError(f"unknown DPO loss {loss!r}",
+                           hint=f"choose --loss {' or '.join(LOSSES)}")
     if not (isinstance(beta, int | float) and beta > 0 and math.isfinite(beta)):
         raise LmforgeError(f"beta must be a positive number, got {beta!r}",
                            hint="e.g. --beta 0.1 (higher stays closer to the reference)")
@@ -248,7 +249,7 @@ class DPO:
         return losses.mean(), dict(zip(names, stats))
 
 
-# ---- the batch source -----------------------------------------------------------------------------
+# ---- the batch source ------------------------------------------------------------------------
 
 class PairBatches:
     """Pair units packed several to a row (next fit, fixed once); rows shuffled every epoch,
@@ -294,7 +295,7 @@ class PairBatches:
                              device)
 
 
-# ---- the reference, once ----------------------------------------------------------------------------
+# ---- the reference, once ---------------------------------------------------------------------
 
 @torch.no_grad()
 def fill_reference_logps(reference: Transformer, units: Sequence[PairUnit], seq_len: int,
