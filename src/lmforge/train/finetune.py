@@ -9,6 +9,8 @@
   prompts at intervals.
 
 Both are `NextToken` over `PackedSequences`: the method decides only the sequences and masks.
+`reward` (a reward model from preference pairs) and `rlhf` (a policy tuned against one) live
+in train/reward.py and train/rlhf.py; `run` hands them their settings.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from lmforge.train.loop import Interrupted, autocast_dtype, evaluate, train
 from lmforge.train.objectives import NextToken
 from lmforge.train.settings import TrainSettings
 
-METHODS = ("domain", "sft")
+METHODS = ("domain", "sft", "reward", "rlhf")
 
 # Fine-tuning starts from a trained model: a tenth of pretraining's rate, short warmup.
 FINETUNE_DEFAULTS = {"lr": 3e-4, "muon_lr": 0.005, "warmup_steps": 10, "epochs": 1.0,
@@ -62,12 +64,16 @@ class FinetuneSettings:
     prompts: tuple[str, ...] = field(default=())  # shown at intervals and at the end
     lora: tuple[tuple[str, Any], ...] = ()  # r, alpha, dropout, targets: train adapters only
     fallback: tuple[str, ...] = ()  # read instead of `data` when none of its paths exists
+    reward: str | None = None  # rlhf: the reward model (train/reward.py)
+    reference: str | None = None  # rlhf: the frozen KL reference (default: the model itself)
+    algo: str = "ppo"  # rlhf: ppo, grpo or rloo
+    rl: tuple[tuple[str, Any], ...] = ()  # rlhf: RLSettings fields (train/rlhf.py)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise LmforgeError(f"unknown fine-tuning method {self.method!r}",
                                hint=f"choose one of: {', '.join(METHODS)}")
-        if not self.data:
+        if not self.data and self.method != "rlhf":  # rlhf defaults to built-in prompts
             raise LmforgeError("fine-tuning needs data", hint="pass --data PATH (repeatable)")
         if not 0 <= self.replay < 1:
             raise LmforgeError(f"replay must be in [0, 1), got {self.replay}",
@@ -81,10 +87,12 @@ class FinetuneSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> FinetuneSettings:
         own = ("model", "method", "data", "val_data", "val_fraction", "replay", "text_field",
-               "prompts", "lora", "fallback")
+               "prompts", "lora", "fallback", "reward", "reference", "algo", "rl")
         values = dict(values)
         mine = {k: values.pop(k) for k in own if k in values}
-        check_keys(mine, where, required=("model", "method", "data"), optional=own)
+        needed = ("model", "method") if mine.get("method") == "rlhf" else ("model", "method",
+                                                                             "data")
+        check_keys(mine, where, required=needed, optional=own)
         for key in ("data", "val_data", "fallback"):
             if key in mine:
                 mine[key] = tuple(resolve_path(p, base_dir) for p in _listed(mine[key]))
@@ -92,6 +100,10 @@ class FinetuneSettings:
             mine["prompts"] = tuple(_listed(mine["prompts"]))
         if "lora" in mine:
             mine["lora"] = lora_options(mine["lora"], where)
+        if "rl" in mine:
+            from lmforge.train.rlhf import rl_options
+
+            mine["rl"] = rl_options(mine["rl"], where)
         return cls(train=training_settings(values, where), **mine)
 
 
@@ -308,6 +320,14 @@ def _pretraining_tokens(ws: Workspace, model: Artifact) -> Artifact | None:
 def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=None
         ) -> Outcome:
     """Tune the model and register the result (state `tuned`); details are the TrainResult."""
+    if s.method == "reward":
+        from lmforge.train.reward import run_reward
+
+        return run_reward(ws, s, show_progress, on_step)
+    if s.method == "rlhf":
+        from lmforge.train.rlhf import run_rlhf
+
+        return run_rlhf(ws, s, show_progress, on_step)
     base = ws.resolve(s.model, kind="model")
     model, tok = load_model_dir(base.path)
     t = s.train
