@@ -122,6 +122,11 @@ _FINETUNE_HELP = """Stage 6: fine-tune a model with the same loop as pretraining
   lmforge finetune MODEL --method sft --data chats.jsonl
       chat tuning: loss on assistant tokens only, conversations
       packed several to a row with document masks
+  lmforge finetune SFT --method reward --data prefs.jsonl
+      a reward model (kind reward-model): SFT + a scalar head,
+      Bradley-Terry loss, held-out pair accuracy
+  lmforge finetune SFT --method rlhf --reward RM --prompts p.jsonl --algo ppo
+      RLHF against the reward model (ppo, grpo or rloo), KL to SFT
 
 Domain data: files, folders, globs, dataset artifacts or 'pydocs'. SFT data: chat JSONL \
 (OpenAI messages, or Alpaca / Dolly / self-instruct records). The result is a model in \
@@ -132,8 +137,8 @@ state `tuned` whose parent is the base. The same command continues after any sto
 @app.command(rich_help_panel=PANEL, help=_FINETUNE_HELP)
 def finetune(
     model: str = typer.Argument(..., help="The model to tune (id, prefix or alias)."),
-    method: str = typer.Option(..., "--method", help="domain or sft."),
-    data: list[str] = typer.Option(..., "--data", "-d", help="Repeatable. Training data."),
+    method: str = typer.Option(..., "--method", help="domain, sft, reward or rlhf."),
+    data: list[str] = typer.Option([], "--data", "-d", help="Repeatable. Training data."),
     val_data: list[str] = typer.Option([], "--val-data", help="Repeatable. A separate "
                                                               "validation set."),
     val_fraction: float = typer.Option(0.05, help="Share held out for validation (without "
@@ -156,22 +161,58 @@ def finetune(
     eval_every: int = typer.Option(None, help="Validate every N steps."),
     seed: int = typer.Option(None, help="Seed of data order and the validation split."),
     device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1, mps."),
+    reward: str = typer.Option(None, help="rlhf: the reward model (--method reward made it)."),
+    prompts: list[str] = typer.Option([], "--prompts", help="rlhf: repeatable. Prompt files "
+                                      "(JSONL of messages, prompt or text) [default: the "
+                                      "built-in pydocs-chat questions]."),
+    algo: str = typer.Option("ppo", help="rlhf: ppo, grpo or rloo."),
+    reference: str = typer.Option(None, help="rlhf: the frozen KL reference [default: MODEL]."),
+    kl_coef: float = typer.Option(None, help="rlhf: the starting KL coefficient [default: "
+                                             "0.05]."),
+    kl_target: float = typer.Option(None, help="rlhf: KL per answer (nats) the adaptive "
+                                               "coefficient aims at; 0 = fixed [default: 4]."),
+    length_penalty: float = typer.Option(None, help="rlhf: subtracted from the reward per "
+                                                    "answer token [default: 0]."),
+    rl: str = typer.Option(None, help="rlhf: more settings, e.g. prompts_per_step=8,"
+                                      "max_new_tokens=48,epochs=2 (train/rlhf.py)."),
 ) -> None:
     values: dict = {}
     if config is not None:
         values.update(load_toml_file(Path(config), "config file").get("train", {}))
+    rl_flags = {k: v for k, v in (("kl_coef", kl_coef), ("kl_target", kl_target),
+                                  ("length_penalty", length_penalty)) if v is not None}
+    if method != "rlhf" and (prompts or reward or reference or rl or rl_flags):
+        raise LmforgeError("--reward, --prompts, --reference and the RL settings are for "
+                           "--method rlhf", hint="lmforge finetune SFT --method rlhf --reward "
+                                                 "RM --prompts p.jsonl")
     flags = dict(steps=steps, epochs=epochs, lr=lr, optimizer=optimizer,
                  batch_tokens=batch_tokens, micro_batch=micro_batch, seq_len=seq_len,
                  eval_every=eval_every, seed=seed, device=device)
     values.update({k: v for k, v in flags.items() if v is not None})
-    settings = FinetuneSettings(model, method, tuple(data),
+    settings = FinetuneSettings(model, method, tuple(data) + tuple(prompts),
                                 training_settings(values, "finetune settings"),
                                 tuple(val_data), val_fraction, replay, text_field,
-                                lora=() if lora is None else lora_options(lora, "--lora"))
+                                lora=() if lora is None else lora_options(lora, "--lora"),
+                                **_rl_fields(method, reward, reference, algo, rl, rl_flags))
     try:
         out = run_finetune(workspace(), settings)
     except Interrupted as e:
         console.print(f"{e}; continue with the same command")
         raise typer.Exit(130) from None
-    what = "adapter" if out.artifact.kind == "lora-adapter" else "model"
-    console.print(f"{what} [bold]{out.artifact.id}[/] (tuned): {out.summary}", highlight=False)
+    what = {"lora-adapter": "adapter", "reward-model": "reward model"}.get(out.artifact.kind,
+                                                                            "model")
+    state = "" if out.artifact.kind == "reward-model" else " (tuned)"
+    console.print(f"{what} [bold]{out.artifact.id}[/]{state}: {out.summary}", highlight=False)
+
+
+def _rl_fields(method: str, reward: str | None, reference: str | None, algo: str,
+               rl: str | None, flags: dict) -> dict:
+    """FinetuneSettings' RLHF fields from the flags (the prompts travel as its data)."""
+    if method != "rlhf":
+        return {}
+    from lmforge.train.rlhf import rl_options
+
+    options = dict(rl_options(rl or "", "--rl"))
+    options.update(flags)
+    return {"reward": reward, "reference": reference, "algo": algo,
+            "rl": tuple(sorted(options.items()))}
