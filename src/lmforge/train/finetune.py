@@ -41,7 +41,7 @@ from lmforge.train.loop import Interrupted, autocast_dtype, evaluate, train
 from lmforge.train.objectives import NextToken
 from lmforge.train.settings import TrainSettings
 
-METHODS = ("domain", "sft", "reward", "rlhf")
+METHODS = ("domain", "sft", "reward", "rlhf", "dpo")
 
 # Fine-tuning starts from a trained model: a tenth of pretraining's rate, short warmup.
 FINETUNE_DEFAULTS = {"lr": 3e-4, "muon_lr": 0.005, "warmup_steps": 10, "epochs": 1.0,
@@ -65,9 +65,12 @@ class FinetuneSettings:
     lora: tuple[tuple[str, Any], ...] = ()  # r, alpha, dropout, targets: train adapters only
     fallback: tuple[str, ...] = ()  # read instead of `data` when none of its paths exists
     reward: str | None = None  # rlhf: the reward model (train/reward.py)
-    reference: str | None = None  # rlhf: the frozen KL reference (default: the model itself)
+    reference: str | None = None  # rlhf, dpo: the frozen reference (default: the model itself)
     algo: str = "ppo"  # rlhf: ppo, grpo or rloo
     rl: tuple[tuple[str, Any], ...] = ()  # rlhf: RLSettings fields (train/rlhf.py)
+    beta: float = 0.1  # dpo: how far from the reference (higher: closer)
+    dpo_loss: str = "sigmoid"  # dpo: sigmoid, ipo or hinge (train/dpo.py)
+    label_smoothing: float = 0.0  # dpo: cDPO's share of possibly flipped labels
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -87,7 +90,8 @@ class FinetuneSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> FinetuneSettings:
         own = ("model", "method", "data", "val_data", "val_fraction", "replay", "text_field",
-               "prompts", "lora", "fallback", "reward", "reference", "algo", "rl")
+               "prompts", "lora", "fallback", "reward", "reference", "algo", "rl", "beta",
+               "dpo_loss", "label_smoothing")
         values = dict(values)
         mine = {k: values.pop(k) for k in own if k in values}
         needed = ("model", "method") if mine.get("method") == "rlhf" else ("model", "method",
@@ -328,6 +332,10 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
         from lmforge.train.rlhf import run_rlhf
 
         return run_rlhf(ws, s, show_progress, on_step)
+    if s.method == "dpo":
+        from lmforge.train.dpo_stage import run_dpo
+
+        return run_dpo(ws, s, show_progress, on_step)
     base = ws.resolve(s.model, kind="model")
     model, tok = load_model_dir(base.path)
     t = s.train
