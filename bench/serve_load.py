@@ -400,6 +400,10 @@ def print_table(report: dict) -> None:
             print(f"  server RSS ({r['label']}): start {r['rss_start_mb']:.0f} MB, max "
                   f"{r['rss_max_mb']:.0f} MB, end {r['rss_end_mb']:.0f} MB "
                   f"({r['rss_end_mb'] - r['rss_start_mb']:+.0f} MB)")
+            samples = r["rss_samples"]  # flat or growing: the fifths of the run tell
+            marks = [samples[round(i * (len(samples) - 1) / 5)] for i in range(6)]
+            print("  server RSS over the run: " + ", ".join(
+                f"{t:.0f} s {b / 2**20:.0f} MB" for t, b in marks))
     if "ratio" in report:
         print(f"  continuous batching / one at a time, output tokens/s: {report['ratio']:.2f}x")
 
