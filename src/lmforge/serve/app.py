@@ -22,7 +22,7 @@ from lmforge.serve import feedback_routes, openai_routes, ops_routes, pages, rev
 from lmforge.serve.access_log import AccessLogMiddleware
 from lmforge.serve.auth import KeyStore
 from lmforge.serve.config import ServeConfig
-from lmforge.serve.errors import CatchAllMiddleware, install_error_handlers
+from lmforge.serve.errors import ERROR_RESPONSES, CatchAllMiddleware, install_error_handlers
 from lmforge.serve.feedback import FeedbackStore, store_path
 from lmforge.serve.guard import GuardMiddleware
 from lmforge.serve.limits import BodyLimitMiddleware, RateLimiter
@@ -84,10 +84,10 @@ def create_app(state: ServerState) -> FastAPI:
                   redoc_url=None)
     app.state.lmforge = state
     install_error_handlers(app)
-    app.include_router(openai_routes.router)
-    app.include_router(feedback_routes.router)
-    app.include_router(ops_routes.router)
-    app.include_router(review_routes.router)
+    app.include_router(openai_routes.router, responses=ERROR_RESPONSES)
+    app.include_router(feedback_routes.router, responses=ERROR_RESPONSES)
+    app.include_router(ops_routes.router, responses=ERROR_RESPONSES)
+    app.include_router(review_routes.router, responses=ERROR_RESPONSES)
     app.include_router(pages.router)  # / and /review: the browser pages
     # add_middleware puts each one outside the previous: innermost first.
     app.add_middleware(BodyLimitMiddleware, max_bytes=state.cfg.max_body_bytes)

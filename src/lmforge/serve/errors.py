@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +40,29 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer's body, for the OpenAPI schema."""
+
+    error: ErrorDetail
+
+
+# Declared on the routers in place of FastAPI's 422 (which this server never sends: its
+# validation errors are 400s in OpenAI's shape), so that the schema says what clients get.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorResponse, "description": "A client error in OpenAI's shape: 400 bad "
+            "request, 401 key, 404 unknown model or id, 409, 410 retired, 413, 429."},
+    "5XX": {"model": ErrorResponse, "description": "503 overloaded, not ready or timed out; "
+            "500 a server bug."},
+}
 
 
 def error_body(message: str, type: str, param: str | None = None,

@@ -43,6 +43,12 @@ log = logging.getLogger("lmforge.serve")
 _bearer = HTTPBearer(auto_error=False, description="An API key from --api-key-file (when "
                                                    "the server has one).")
 router = APIRouter(prefix="/v1", dependencies=[Security(_bearer)], tags=["OpenAI"])
+# The generating endpoints answer JSON, or with `"stream": true` server-sent events.
+_STREAMABLE: dict[int | str, dict[str, Any]] = {200: {
+    "description": "The answer as JSON; with `stream: true`, server-sent events (one JSON "
+                   "chunk per `data:` line, an error object if generation fails midway), "
+                   "ending with `data: [DONE]`.",
+    "content": {"text/event-stream": {}}}}
 
 
 @router.get("/models")
@@ -183,7 +189,7 @@ async def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]
     return [list(p) for p in prompt]
 
 
-@router.post("/completions", response_model=None)
+@router.post("/completions", response_model=None, responses=_STREAMABLE)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     """Continue a prompt (any model, base or tuned)."""
     arrived = time.monotonic()
@@ -221,7 +227,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
                          full)
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, responses=_STREAMABLE)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     """The next assistant message of a conversation (models with a chat template)."""
     arrived = time.monotonic()
