@@ -127,6 +127,9 @@ _FINETUNE_HELP = """Stage 6: fine-tune a model with the same loop as pretraining
       Bradley-Terry loss, held-out pair accuracy
   lmforge finetune SFT --method rlhf --reward RM --prompts p.jsonl --algo ppo
       RLHF against the reward model (ppo, grpo or rloo), KL to SFT
+  lmforge finetune SFT --method dpo --data prefs.jsonl --loss sigmoid --beta 0.1
+      DPO on preference pairs (prompt/chosen/rejected, or Anthropic HH),
+      reference log-probs computed once; 'pydocs-prefs' is built in
 
 Domain data: files, folders, globs, dataset artifacts or 'pydocs'. SFT data: chat JSONL \
 (OpenAI messages, or Alpaca / Dolly / self-instruct records). The result is a model in \
@@ -137,7 +140,7 @@ state `tuned` whose parent is the base. The same command continues after any sto
 @app.command(rich_help_panel=PANEL, help=_FINETUNE_HELP)
 def finetune(
     model: str = typer.Argument(..., help="The model to tune (id, prefix or alias)."),
-    method: str = typer.Option(..., "--method", help="domain, sft, reward or rlhf."),
+    method: str = typer.Option(..., "--method", help="domain, sft, reward, rlhf or dpo."),
     data: list[str] = typer.Option([], "--data", "-d", help="Repeatable. Training data."),
     val_data: list[str] = typer.Option([], "--val-data", help="Repeatable. A separate "
                                                               "validation set."),
@@ -166,7 +169,8 @@ def finetune(
                                       "(JSONL of messages, prompt or text) [default: the "
                                       "built-in pydocs-chat questions]."),
     algo: str = typer.Option("ppo", help="rlhf: ppo, grpo or rloo."),
-    reference: str = typer.Option(None, help="rlhf: the frozen KL reference [default: MODEL]."),
+    reference: str = typer.Option(None, help="rlhf, dpo: the frozen reference [default: "
+                                             "MODEL]."),
     kl_coef: float = typer.Option(None, help="rlhf: the starting KL coefficient [default: "
                                              "0.05]."),
     kl_target: float = typer.Option(None, help="rlhf: KL per answer (nats) the adaptive "
@@ -175,12 +179,25 @@ def finetune(
                                                     "answer token [default: 0]."),
     rl: str = typer.Option(None, help="rlhf: more settings, e.g. prompts_per_step=8,"
                                       "max_new_tokens=48,epochs=2 (train/rlhf.py)."),
+    beta: float = typer.Option(None, help="dpo: strength of the pull to the reference "
+                                          "(higher: closer) [default: 0.1]."),
+    loss: str = typer.Option(None, "--loss", help="dpo: sigmoid, ipo or hinge [default: "
+                                                  "sigmoid]."),
+    label_smoothing: float = typer.Option(None, help="dpo: share of labels that may be "
+                                                     "flipped (cDPO, sigmoid) [default: 0]."),
 ) -> None:
     values: dict = {}
     if config is not None:
         values.update(load_toml_file(Path(config), "config file").get("train", {}))
     rl_flags = {k: v for k, v in (("kl_coef", kl_coef), ("kl_target", kl_target),
                                   ("length_penalty", length_penalty)) if v is not None}
+    dpo_flags = {k: v for k, v in (("beta", beta), ("dpo_loss", loss),
+                                   ("label_smoothing", label_smoothing)) if v is not None}
+    if method != "dpo" and dpo_flags:
+        raise LmforgeError("--beta, --loss and --label-smoothing are for --method dpo",
+                           hint="lmforge finetune SFT --method dpo --data prefs.jsonl")
+    if method == "dpo" and reference:  # dpo takes --reference too
+        dpo_flags["reference"], reference = reference, None
     if method != "rlhf" and (prompts or reward or reference or rl or rl_flags):
         raise LmforgeError("--reward, --prompts, --reference and the RL settings are for "
                            "--method rlhf", hint="lmforge finetune SFT --method rlhf --reward "
@@ -193,7 +210,8 @@ def finetune(
                                 training_settings(values, "finetune settings"),
                                 tuple(val_data), val_fraction, replay, text_field,
                                 lora=() if lora is None else lora_options(lora, "--lora"),
-                                **_rl_fields(method, reward, reference, algo, rl, rl_flags))
+                                **_rl_fields(method, reward, reference, algo, rl, rl_flags),
+                                **dpo_flags)
     try:
         out = run_finetune(workspace(), settings)
     except Interrupted as e:
