@@ -321,7 +321,11 @@ def template_overhead(server: Server, tok: Tokenizer, args: argparse.Namespace) 
     res = asyncio.run(probe(server, args, text, 1))
     if not res.prompt_tokens:  # no text back is fine here (one token may be an end of turn)
         raise SystemExit(f"the server refused a probe request: {res.error}")
-    return res.prompt_tokens - len(tok.encode(text))
+    overhead = res.prompt_tokens - len(tok.encode(text))
+    if overhead >= args.input_len:
+        raise SystemExit(f"--input-len {args.input_len}: the server adds {overhead} tokens "
+                         "around every prompt; ask for more")
+    return overhead
 
 
 def warm_up(server: Server, prompts: list[str], args: argparse.Namespace) -> None:
