@@ -383,7 +383,7 @@ def print_table(report: dict) -> None:
           f"completions streamed, {report['input_len']} -> {report['output_len']} tokens, "
           f"temperature {report['temperature']}; request rate {report['request_rate']}/s, "
           f"concurrency {report['concurrency']}; {report['cpu']}, {report['cores']} cores, "
-          f"server threads {report['server_threads'] or 'default'}, best of "
+          f"server threads {report['server_threads'] or 'not set here'}, best of "
           f"{report['rounds']} round(s); load average {report['load_average']}")
     names = [r["label"] for r in runs]
     width = max(16, *(len(n) for n in names))
