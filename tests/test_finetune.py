@@ -72,7 +72,7 @@ def test_the_same_command_is_the_same_artifact(cli, pretrained, domain):
 
 
 def test_bad_fine_tuning_requests_are_refused(cli, setup, pretrained, domain):  # noqa: F811
-    code, _, err = cli("finetune", pretrained["base"], "--method", "rlhf", "--data", domain)
+    code, _, err = cli("finetune", pretrained["base"], "--method", "ppo", "--data", domain)
     one_clean_error(code, err, "unknown fine-tuning method", "domain, sft")
     code, _, err = cli("finetune", setup["model"], "--method", "domain", "--data", domain,
                        "--replay", "0.1", "--steps", "2", *TUNE)
