@@ -22,6 +22,8 @@ _EVAL_HELP = """Stages 5 and 7: evaluate a model (base or chat) and register the
   lmforge eval MODEL --tasks my_tasks.toml # your own multiple-choice/generation/perplexity tasks
   lmforge eval MODEL --suite base --gate 'hellaswag/acc_norm >= 0.3'
   lmforge eval compare MODEL_A MODEL_B     # paired deltas with 95% intervals (--png chart)
+  lmforge eval compare SFT DPO RLHF --judge RM   # win rates against the first model, judged
+                                           # by a reward model on held-out prompts
 
 Every metric has a standard error. MODEL is a model id, alias, or model folder. A report \
 that passes its gates lets the model be approved (`lmforge registry promote`). Benchmark \
@@ -55,9 +57,21 @@ def eval_cmd(
     max_new_tokens: int = typer.Option(64, help="Generation length for generation tasks."),
     png: Path = typer.Option(None, help="compare: write a chart of the deltas here."),
     force: bool = typer.Option(False, help="compare: compare reports whose settings differ."),
+    judge: str = typer.Option(None, help="compare: a reward model that judges the models' "
+                                         "answers: win rates against the first model."),
+    prompts: list[str] = typer.Option([], "--prompts", help="compare --judge: prompt files "
+                                      "[default: pydocs-chat:heldout]; --limit of them."),
+    temperature: float = typer.Option(0.0, help="compare --judge: 0 answers greedily."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     ws = workspace()
+    if targets[0] != "compare" and (judge is not None or prompts):
+        raise LmforgeError("--judge and --prompts are for `eval compare`",
+                           hint="lmforge eval compare SFT TUNED --judge RM")
+    if targets[0] == "compare" and judge is not None:
+        _judged(ws, targets[1:], judge, prompts, limit, max_new_tokens, temperature, seed,
+                device, as_json)
+        return
     if targets[0] == "compare":
         if len(targets) != 3:
             raise LmforgeError("eval compare takes two models or reports",
@@ -104,6 +118,20 @@ def _compare(ws, a: str, b: str, suite: str | None, png: Path | None, force: boo
         render_comparison(cmp, console)
     if png:  # with --json, stdout stays the JSON alone
         (err_console if as_json else console).print(f"chart: {save_comparison_png(cmp, png)}")
+
+
+def _judged(ws, models: list[str], judge: str, prompts: list[str], limit: int | None,
+            max_new_tokens: int, temperature: float, seed: int, device: str,
+            as_json: bool) -> None:
+    from lmforge.eval.judge import judge_models, render_judged
+
+    report = judge_models(ws, models, judge, prompts, limit=limit or 100,
+                          max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                          device=device)
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        render_judged(report, console)
 
 
 review_app = typer.Typer(help="Human review of sampled outputs: export a blinded page, import "
