@@ -290,7 +290,8 @@ def run_rlhf(ws: Workspace, s: Any, show_progress: bool = True, on_step=None) ->
     else:
         reference, ref_tok = load_model_dir(ref_art.path)
         check_reference((policy.design, tok), (reference.design, ref_tok), base.id, ref_art.id)
-    context = policy.design.context_length
+    # Prompt and answer must fit the policy's context and the reward model's.
+    context = min(policy.design.context_length, rm.context_length)
     train_prompts, held_prompts, refs = _prompt_sets(s, rl)
     train_ids, dropped = _encoded_prompts(tok, train_prompts, context - rl.max_new_tokens)
     held_ids, _ = _encoded_prompts(tok, held_prompts, context - rl.max_new_tokens)
