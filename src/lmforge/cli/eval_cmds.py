@@ -60,7 +60,7 @@ def eval_cmd(
     judge: str = typer.Option(None, help="compare: a reward model that judges the models' "
                                          "answers: win rates against the first model."),
     prompts: list[str] = typer.Option([], "--prompts", help="compare --judge: prompt files "
-                                      "[default: pydocs-chat:heldout]; --limit of them."),
+                                      "[default: pydocs-chat:heldout]; --limit of them (500)."),
     temperature: float = typer.Option(0.0, help="compare --judge: 0 answers greedily."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -125,7 +125,7 @@ def _judged(ws, models: list[str], judge: str, prompts: list[str], limit: int | 
             as_json: bool) -> None:
     from lmforge.eval.judge import judge_models, render_judged
 
-    report = judge_models(ws, models, judge, prompts, limit=limit or 100,
+    report = judge_models(ws, models, judge, prompts, limit=limit or 500,
                           max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                           device=device)
     if as_json:

@@ -101,7 +101,7 @@ def win_rate(mine: Sequence[float], theirs: Sequence[float], same: Sequence[bool
 
 
 def judge_models(ws: Workspace, refs: Sequence[str], judge: str,
-                 prompts: Sequence[str] = (), limit: int = 100, max_new_tokens: int = 64,
+                 prompts: Sequence[str] = (), limit: int = 500, max_new_tokens: int = 64,
                  temperature: float = 0.0, seed: int = 0, device: str = "auto",
                  iters: int = 2000) -> dict[str, Any]:
     """Answers of each model to the same prompts, judged by the reward model `judge`; win
