@@ -34,7 +34,7 @@ def _generator(params: SamplingParams, device: torch.device) -> torch.Generator 
     return torch.Generator(device=device).manual_seed(params.seed)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no_grad, and no view or version tracking: less per-op work
 def generate_tokens(model: Transformer, prompt: Sequence[int], params: SamplingParams,
                     stop_ids: Sequence[int] = (), use_cache: bool = True) -> Iterator[int]:
     """Yield new token ids one at a time until max_new_tokens, a stop id or the context's end."""
@@ -46,7 +46,8 @@ def generate_tokens(model: Transformer, prompt: Sequence[int], params: SamplingP
     cache = model.new_cache(1, len(prompt) + budget) if use_cache else None
     step_input = ids
     for _ in range(budget):
-        logits = model(step_input, cache)[:, -1, :]
+        # The head reads only the last position (a prefill needs no logits for the prompt).
+        logits = model.lm_head(model.hidden(step_input, cache)[:, -1])
         token = sample_next(logits, params, generator)
         value = int(token.item())
         yield value

@@ -12,6 +12,12 @@ import torch
 
 
 class KVCache:
+    # The forward in progress, from `begin` until `advance`: every row's length when the rows
+    # are in step (else None), and the longest row's end after it. Class-level defaults: the
+    # scheduler makes row views without __init__.
+    _start: int | None = None
+    _end: int | None = None
+
     def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, max_length: int,
                  head_dim: int, device: torch.device, dtype: torch.dtype):
         shape = (n_layers, batch_size, n_kv_heads, max_length, head_dim)
@@ -25,18 +31,30 @@ class KVCache:
     def batch_size(self) -> int:
         return self.lengths.shape[0]
 
-    def check_room(self, new_tokens: int) -> None:
-        end = int(self.lengths.max()) + new_tokens
+    def begin(self, new_tokens: int) -> int | None:
+        """Start a forward of `new_tokens` per row: refuse one that does not fit; return the
+        length every row holds when the rows are in step (None when they differ). The
+        lengths are read once here for every layer's `update`, not once per layer: in a
+        one-token decode step, small bookkeeping ops are a large share of the time."""
+        lengths = self.lengths.tolist()
+        end = max(lengths) + new_tokens
         if end > self.max_length:
             raise ValueError(f"KV cache full: a row would hold {end} tokens > {self.max_length}")
+        self._start = lengths[0] if min(lengths) == lengths[0] == max(lengths) else None
+        self._end = end
+        return self._start
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Store one layer's new k/v (batch, kv_heads, t, head_dim) after each row's history;
         return that layer's keys/values up to the longest row's new end."""
         b, _, t, _ = k.shape
-        end = int(self.lengths.max()) + t
-        if bool((self.lengths == self.lengths[0]).all()):
-            start = int(self.lengths[0])  # rows in step: one slice write, no scatter
+        if self._end is not None:  # inside a forward that began: lengths already read
+            start, end = self._start, self._end
+        else:
+            end = int(self.lengths.max()) + t
+            start = int(self.lengths[0]) if bool((self.lengths == self.lengths[0]).all()) \
+                else None
+        if start is not None:  # rows in step: one slice write, no scatter
             self.keys[layer, :, :, start:start + t] = k
             self.values[layer, :, :, start:start + t] = v
         else:
@@ -51,9 +69,11 @@ class KVCache:
         """Count `steps` new tokens per row (an int for all rows, or a (batch,) tensor: a row
         whose new tokens ended in right padding advances by its real tokens only)."""
         self.lengths += steps
+        self._start = self._end = None  # the forward is over
 
     def reset(self, row: int | None = None) -> None:
         """Empty the cache, or one row of it (a finished request leaves its slot)."""
+        self._start = self._end = None
         if row is None:
             self.lengths.zero_()
         else:

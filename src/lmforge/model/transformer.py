@@ -190,27 +190,37 @@ class Transformer(nn.Module):
         if segments is not None and (cache is not None or attn_mask is not None):
             raise ValueError("segments build their own mask: give them without a cache or mask")
         mask = attn_mask
+        offset = 0  # with no positions tensor, the tokens sit at offset..offset+t-1
         if cache is not None:
-            cache.check_room(t)
-            past = cache.lengths
-            if positions is None:
-                positions = past[:, None] + torch.arange(t, device=ids.device)
-            uniform = bool((past == past[0]).all())
-            if mask is None and not (uniform and int(past[0]) == 0):
-                # Key j is visible to new token i of row r when j <= past[r] + i: the row's
-                # history, then causally its own new tokens; slots it never wrote are hidden.
-                keys = torch.arange(int(past.max()) + t, device=ids.device)
-                mask = (keys[None, None, :] <= positions[:, :, None])[:, None]
+            common = cache.begin(t)  # every row's length when the rows are in step, else None
+            if positions is None and mask is None and common is not None \
+                    and (t == 1 or common == 0):
+                # Rows in step, one new token each (a decode step) or from an empty history
+                # (a prefill): the rotary tables are a slice and no mask is needed (one query
+                # sees every key; from nothing, is_causal is the causal mask). This is the
+                # single-stream decode path, where small per-step ops are a large share of
+                # the time next to the small matmuls.
+                offset = common
+            else:
+                past = cache.lengths
+                if positions is None:
+                    positions = past[:, None] + torch.arange(t, device=ids.device)
+                if mask is None and common != 0:
+                    # Key j is visible to new token i of row r when j <= past[r] + i: the
+                    # row's history, then causally its own new tokens; slots it never wrote
+                    # are hidden.
+                    keys = torch.arange(int(past.max()) + t, device=ids.device)
+                    mask = (keys[None, None, :] <= positions[:, :, None])[:, None]
         elif segments is not None:
             positions = segment_positions(segments) if positions is None else positions
             mask = segment_mask(segments)
-        end = int(positions.max()) + 1 if positions is not None else t
+        end = int(positions.max()) + 1 if positions is not None else offset + t
         if end > self.design.context_length:
             raise ValueError(f"sequence of {end} tokens exceeds the context length "
                              f"{self.design.context_length}")
         x = self.model.embed_tokens(ids)
         if positions is None:
-            cos, sin = self.rotary.tables(0, t, x.dtype)
+            cos, sin = self.rotary.tables(offset, t, x.dtype)
         else:
             cos, sin = self.rotary.at(positions, x.dtype)
         for i, block in enumerate(self.model.layers):
