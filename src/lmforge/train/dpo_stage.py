@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -108,10 +110,18 @@ def run_dpo(ws: Workspace, s, show_progress: bool = True, on_step=None) -> Outco
     device = resolve_device(t.device)
     amp = autocast_dtype(t, device)
     reference.to(device)
+    if show_progress:
+        print(f"reference log-probs of {len(train_units):,} training and {len(val_units):,} "
+              f"validation pairs (once, before training) ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
     # Validation apart, in the rows and batches validation reads: before training, the
     # policy's validation log-probs are then the reference's to the last bit (margins 0).
     fill_reference_logps(reference, train_units, t.seq_len, t.micro_batch, device, amp)
     fill_reference_logps(reference, val_units, t.seq_len, t.micro_batch, device, amp)
+    reference_seconds = time.perf_counter() - started
+    if show_progress:
+        print(f"reference log-probs done in {reference_seconds:.0f} s", file=sys.stderr,
+              flush=True)
     if reference is not model:  # scored once: the reference is not kept
         reference.to("cpu")
         del reference
@@ -148,7 +158,8 @@ def run_dpo(ws: Workspace, s, show_progress: bool = True, on_step=None) -> Outco
         "train_pairs": len(train_units), "val_pairs": len(val_units),
         "train_loss": result.train_loss, "val_loss_before": before["loss"],
         "val_loss": after["loss"], "train_seconds": round(result.seconds, 1),
-        "pairs_per_s": result.tokens / max(result.seconds, 1e-9)}
+        "pairs_per_s": result.tokens / max(result.seconds, 1e-9),
+        "reference_seconds": round(reference_seconds, 1)}
     for name in METRICS:
         metrics[f"val_{name}_before"] = before[name]
         metrics[f"val_{name}"] = after[name]
