@@ -120,7 +120,8 @@ class PairBatches:
         if not train:
             raise LmforgeError("no preference pairs left to train on",
                                hint="give more pairs, or raise --seq-len")
-        self.train, self.val = list(train), list(val)[:micro_batch * eval_batches]
+        self.train, self.all_val = list(train), list(val)
+        self.val = self.all_val[:micro_batch * eval_batches]  # what validation reads in training
         self.micro_batch, self.accumulation = micro_batch, accumulation
         self.tokens = len(self.train) * seq_len
 
@@ -139,9 +140,21 @@ class PairBatches:
         return [self._batch(picked[i:i + self.micro_batch], device)
                 for i in range(0, per_step, self.micro_batch)]
 
+    def validation_batches(self, device: torch.device, every: bool = False) -> Iterator[Batch]:
+        """The first micro_batch x eval_batches validation pairs, or `every` one."""
+        pairs = self.all_val if every else self.val
+        for i in range(0, len(pairs), self.micro_batch):
+            yield self._batch(pairs[i:i + self.micro_batch], device)
+
+
+class _EveryPair:
+    """A source's whole validation set, for the figures before and after training."""
+
+    def __init__(self, source: PairBatches):
+        self.source = source
+
     def validation_batches(self, device: torch.device) -> Iterator[Batch]:
-        for i in range(0, len(self.val), self.micro_batch):
-            yield self._batch(self.val[i:i + self.micro_batch], device)
+        return self.source.validation_batches(device, every=True)
 
 
 # ---- the judge -----------------------------------------------------------------------------
@@ -283,19 +296,19 @@ def run_reward(ws: Workspace, s: Any, show_progress: bool = True, on_step=None) 
     objective = BradleyTerry(model.design.d_model, seed=t.seed)
     model.to(device)
     objective.to(device)
-    before = evaluate(model, objective, source, device, amp)
+    before = evaluate(model, objective, _EveryPair(source), device, amp)
     torch.manual_seed(t.seed)
     try:
         result = train(model, objective, source, t, run_dir, on_step=on_step,
                        show_progress=show_progress)
     except Interrupted as e:
         raise Interrupted(f"run {run_dir.name}: {e}") from None
-    after = evaluate(model, objective, source, device, amp)
+    after = evaluate(model, objective, _EveryPair(source), device, amp)
     model.to("cpu").float()
     objective.to("cpu").float()
     metrics: dict[str, Any] = {
         "method": "reward", "steps": result.steps, "train_pairs": len(train_enc),
-        "val_pairs": len(source.val), "train_loss": result.train_loss,
+        "val_pairs": len(source.all_val), "train_loss": result.train_loss,
         "val_loss_before": before["loss"], "val_loss": after["loss"],
         "val_accuracy_before": before["accuracy"], "val_accuracy": after["accuracy"],
         "val_margin": after["margin"], "val_reward_chosen": after["reward_chosen"],
@@ -311,7 +324,7 @@ def run_reward(ws: Workspace, s: Any, show_progress: bool = True, on_step=None) 
     body = (f"A reward model: {base.id} with a scalar head on the last token, trained with the "
             f"Bradley–Terry loss on {', '.join(refs)} ({len(train_enc)} pairs, {result.steps} "
             f"steps). Held-out pair accuracy {after['accuracy']:.3f} "
-            f"({len(source.val)} pairs). The head is in {HEAD_WEIGHTS}.")
+            f"({len(source.all_val)} pairs). The head is in {HEAD_WEIGHTS}.")
     with ws.staging() as d:
         save_model_dir(model, d, tok, model_card(model.design,
                                                  f"{model.design.name} (reward model)", body))
