@@ -40,11 +40,15 @@ bombastic speech"; list "bombs" too if the plural matters. Homoglyphs from other
     rules.check_input(messages)     # -> Match | None (OpenAI chat messages as dicts)
     rules.check_prompt(text)        # a completion prompt -> Match | None
     rules.check_output(text)        # -> Match | None
-    watch = rules.watch()           # a streamed answer: watch.feed(piece) -> Match | None
+    watch = rules.watch()           # a streamed answer: watch.feed(piece) -> Match | None,
+                                    # and watch.feed(last, final=True) at its end
 
-`OutputWatch` reports a match as soon as the piece that completes it arrives. It holds
-nothing back: text streamed before that piece has reached the client and cannot be recalled
-(as with OpenAI's content filter, which also cuts a stream where it trips).
+`OutputWatch` reports a match as soon as the piece that completes it arrives (a match at
+the very end of the text so far waits for the next piece when more text could undo it: the
+"bomb" of "bomb|astic"). It holds nothing back: text streamed before that piece has reached
+the client and cannot be recalled (as with OpenAI's content filter, which also cuts a stream
+where it trips). A pattern that more text could undo only in ways the watch does not probe
+(a lookahead for a whole word, `kill(?!ing)`) may trip on a prefix in a stream.
 """
 
 from __future__ import annotations
@@ -209,7 +213,11 @@ def _match(rule: Rule, text: str, where: str) -> Match:
 class OutputWatch:
     """Output rules over a streamed answer, fed piece by piece: `feed` returns the first
     match once the piece completing it arrives (and the same match on later calls). Nothing
-    is held back: what was sent before that piece stays sent."""
+    is held back: what was sent before that piece stays sent.
+
+    A match that ends where the text so far ends, and that more text could undo ("bomb" of
+    "bomb|astic", a pattern ending in a word boundary), waits for the next piece, or for
+    `feed(..., final=True)` at the end of the answer."""
 
     def __init__(self, rules: Sequence[Rule]):
         self.rules = list(rules)
@@ -217,21 +225,32 @@ class OutputWatch:
         self.match: Match | None = None
         self._seen = 0  # length of the normalized text already searched
 
-    def feed(self, piece: str) -> Match | None:
-        if self.match is not None or not piece:
+    def feed(self, piece: str, final: bool = False) -> Match | None:
+        if self.match is not None or (not piece and not final):
             return self.match
         self.text += piece
         normalized = normalize(self.text)
         for rule in self.rules:
+            subject = normalized if rule.words else self.text
             # A `words` match ending in the new text starts at most `longest` characters
             # before it (a little more: normalizing may merge characters across pieces).
             pos = 0 if rule.longest is None else max(0, self._seen - rule.longest - 4)
-            found = rule.search(self.text, normalized, pos)
-            if found is not None:
-                self.match = _match(rule, found, "output")
-                break
+            for m in rule.regex.finditer(subject, pos):
+                if final or m.end() < len(subject) or _holds(rule.regex, subject, pos):
+                    self.match = _match(rule, m.group(0), "output")
+                    return self.match
         self._seen = len(normalized)
-        return self.match
+        return None
+
+
+def _holds(regex: re.Pattern[str], subject: str, pos: int) -> bool:
+    """Whether a match that ends where `subject` ends stays one whatever comes next: probed
+    with a letter, a digit, a space, a dot and a newline after it."""
+    for probe in ("a", "0", " ", ".", "\n"):
+        m = regex.search(subject + probe, pos)
+        if m is None or m.start() >= len(subject):
+            return False
+    return True
 
 
 # --- reading a rules file -------------------------------------------------------------
