@@ -63,6 +63,7 @@ def test_the_format_reads_into_rules(rules):
     "ｂｏｍｂ",                   # full-width letters (NFKC)
     "bo\u200bmb", "b\u200do\u00admb",  # zero-width joiner/space, soft hyphen
     "nerve agent", "Nerve-Agent", "nerveagent", "n3rv3 4g3nt", "n e r v e  a g e n t",
+    "n e r v e agent", "nerve a.g.e.n.t",
 ])
 def test_words_see_through_disguises(rules, text):
     hit = rules.check_prompt(text)

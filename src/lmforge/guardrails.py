@@ -29,8 +29,9 @@ common form that undoes the common disguises:
 - leetspeak digits and symbols read as letters: 0 o, 1 i/l, 3 e, 4 a, @ a, 5 s, $ s, 7 t,
   8 b, 9 g, | i/l, ! i ("b0mb", "k1ll");
 - letters split by spaces, dots, dashes, underscores or asterisks ("b o m b", "b.o.m.b"),
-  when every letter is split (so "u.s. ex" does not spell "sex"). The words of a phrase may be
-  joined by any of these separators or by none ("nerve-agent", "nerveagent").
+  when every letter of the word is split (so "u.s. ex" does not spell "sex"). The words of a
+  phrase may be joined by any of these separators or by none ("nerve-agent", "nerveagent"),
+  and each may be split or not ("n e r v e agent").
 
 A word matches on word boundaries only: "bomb" finds "Bomb!" and "b-o-m-b" but not "the
 bombastic speech"; list "bombs" too if the plural matters. Homoglyphs from other scripts
@@ -107,17 +108,21 @@ def _class(chars: str) -> str:
 
 
 def _word_rest(phrase: str) -> tuple[str, str, int]:
-    """A phrase's first letter, the regex of the rest (plain, or split letter by letter), and
-    the longest text it can match, so a stream is searched only where a new match can be."""
+    """A phrase's first letter, the regex of the rest (each word plain, or split letter by
+    letter), and the longest text it can match, so a stream is searched only where a new
+    match can be."""
     tokens = re.findall(r"[^\W_]+", normalize(phrase))
     between_words, between_letters = f"{_SEP}{{0,{_SPLIT_MAX}}}", f"{_SEP}{{1,{_SPLIT_MAX}}}"
-    letters = [c for t in tokens for c in t]
-    starts = {sum(map(len, tokens[:k])) for k in range(1, len(tokens))}  # a new word's index
-    plain = "".join((between_words if i in starts else "") + _class(_forms(c))
-                    for i, c in enumerate(letters) if i)
-    split = "".join(between_letters + _class(_forms(c)) for c in letters[1:])
-    rest = f"(?:{plain}|{split})" if len(letters) > 1 else ""
-    return letters[0], rest, len(letters) * (1 + _SPLIT_MAX)
+
+    def word(letters: str) -> str:  # the letters after a word's first, plain or split
+        if not letters:
+            return ""
+        plain = "".join(_class(_forms(c)) for c in letters)
+        return f"(?:{plain}|{''.join(between_letters + _class(_forms(c)) for c in letters)})"
+
+    rest = word(tokens[0][1:]) + "".join(
+        f"{between_words}{_class(_forms(t[0]))}{word(t[1:])}" for t in tokens[1:])
+    return tokens[0][0], rest, sum(map(len, tokens)) * (1 + _SPLIT_MAX)
 
 
 def _words_regex(phrases: Sequence[str]) -> tuple[re.Pattern[str], int]:
