@@ -21,6 +21,7 @@ _SERVE_HELP = """Serve a model over HTTP with OpenAI's API: the official clients
   lmforge serve MODEL                                 # http://127.0.0.1:8000/v1
   lmforge serve production --port 8080 --api-key-file keys.txt --rate-limit 60/min
   lmforge serve MODEL --replicas 2                    # 2 worker processes, one port
+  lmforge serve MODEL --guardrails rules.toml         # input and output filters
 \b
   curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model": "MODEL", "messages": [{"role": "user", "content": "Hi"}]}'
@@ -36,7 +37,9 @@ verified before it is served, and its files are never written. Chat completions 
 model with a chat template; any model answers /v1/completions. Answers are recorded in \
 <workspace>/feedback/ so that /v1/feedback can refer to them (--no-store-responses turns \
 both off). A deprecated model is served with Deprecation and Sunset headers; a retired one \
-is refused with 410. Details: docs/serving.md.
+is refused with 410. --guardrails applies a rules file (TOML, e.g. from red teaming): a \
+request an input rule matches gets the rule's refusal with finish_reason content_filter, \
+and an answer an output rule matches is cut there. Details: docs/serving.md.
 """
 
 
@@ -57,6 +60,19 @@ def _check_port(host: str, port: int) -> None:
             raise LmforgeError(f"cannot listen on {host}:{port}: {e.strerror}",
                                hint="pick another port with --port, or stop the server "
                                     "that holds it") from None
+
+
+def _check_rules(path: Path | None) -> str | None:
+    """The rules file's absolute path (workers may start elsewhere), read once here so that a
+    bad rule is one line before the model loads."""
+    if path is None:
+        return None
+    from lmforge.guardrails import load_rules
+
+    rules = load_rules(path.expanduser())
+    err_console.print(f"[dim]guardrails: {escape(rules.summary())}[/]", highlight=False,
+                      soft_wrap=True)
+    return str(path.expanduser().resolve())
 
 
 @app.command("serve", rich_help_panel="Use and move models", help=_SERVE_HELP)
@@ -88,6 +104,9 @@ def serve(
                                                  "log (off: sizes only)."),
     store_responses: bool = typer.Option(True, help="Record answers for /v1/feedback in "
                                                     "<workspace>/feedback/."),
+    guardrails: Path = typer.Option(None, help="Rules file (TOML) of input and output "
+                                               "filters, e.g. from red teaming; see "
+                                               "docs/serving.md."),
 ) -> None:
     import uvicorn
 
@@ -101,7 +120,8 @@ def serve(
         max_tokens=max_tokens, default_max_tokens=min(default_max_tokens, max_tokens),
         rate_limit_per_min=parse_rate(rate_limit), timeout_s=timeout,
         api_key_file=check_key_file(str(api_key_file) if api_key_file else None),
-        log_prompts=log_prompts, store_responses=store_responses, replicas=replicas)
+        log_prompts=log_prompts, store_responses=store_responses, replicas=replicas,
+        guardrails=_check_rules(guardrails))
     _check_port(host, port)
     ws = workspace()
     cfg = dataclasses.replace(cfg, workspace=str(ws.root))

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 
 import lmforge
+from lmforge.guardrails import load_rules
 from lmforge.registry import Workspace
 from lmforge.serve import feedback_routes, openai_routes, ops_routes, pages, review_routes
 from lmforge.serve.access_log import AccessLogMiddleware
@@ -55,8 +56,13 @@ def build_state(cfg: ServeConfig, ws: Workspace | None = None, *,
     limiter = RateLimiter(cfg.rate_limit_per_min) if cfg.rate_limit_per_min else None
     store = FeedbackStore(store_path(ws.root, served.id), served.id) \
         if cfg.store_responses else None
-    return ServerState(cfg, served, engine_factory(served, cfg), Metrics(served.name),
-                       LifecycleTracker(served, ws, cfg.state_refresh_s), keys, limiter, store)
+    rules = load_rules(cfg.guardrails) if cfg.guardrails else None
+    metrics = Metrics(served.name)
+    for rule in rules.rules if rules else ():  # every rule on /metrics from the start, at 0
+        metrics.guardrail_hits.labels(served.name, rule.name, rule.direction)
+    return ServerState(cfg, served, engine_factory(served, cfg), metrics,
+                       LifecycleTracker(served, ws, cfg.state_refresh_s), keys, limiter, store,
+                       rules)
 
 
 def _count_error(state: ServerState, entry: dict[str, Any]) -> None:

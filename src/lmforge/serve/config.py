@@ -33,6 +33,7 @@ class ServeConfig:
     store_responses: bool = True              # feedback needs them; off turns feedback off
     max_body_bytes: int = 4 * 1024 * 1024
     state_refresh_s: float = 10.0             # how often the registry's state is re-read
+    guardrails: str | None = None             # a rules file (TOML): input and output filters
     replicas: int = 1
 
     def __post_init__(self) -> None:

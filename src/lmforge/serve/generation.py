@@ -1,13 +1,15 @@
 """One HTTP request's generations on the engine: `n` choices for each prompt submitted as
 separate engine requests (seeds seed, seed+1, ...), their events merged in arrival order,
-bounded by the request's deadline, cancelled together, and timed for /metrics."""
+bounded by the request's deadline, cancelled together, and timed for /metrics. Output
+guardrails watch each choice's text here; a request an input rule refused gets its refusal
+here too, without the engine."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,7 @@ from lmforge.engine.scheduler import (
     TokenEvent,
 )
 from lmforge.errors import LmforgeError
+from lmforge.guardrails import Guardrails, Match, OutputWatch
 from lmforge.serve.errors import APIError, bad_request
 from lmforge.serve.metrics import Metrics
 
@@ -35,6 +38,7 @@ class Choice:
     completion_tokens: int = 0
     first_at: float | None = None
     gauge: str | None = None  # which of /metrics' gauges counts it: waiting, running, none
+    watch: OutputWatch | None = None  # output guardrails over its text
 
     @property
     def text(self) -> str:
@@ -51,8 +55,11 @@ class Generation:
     """The choices of one request. Use `submit`, then `events()` (or `collect()`), and
     always `close()` (a finally) so nothing keeps generating for a client that left."""
 
-    def __init__(self, engine: Any, metrics: Metrics, *, arrived: float, timeout_s: float):
+    def __init__(self, engine: Any, metrics: Metrics, *, arrived: float, timeout_s: float,
+                 guardrails: Guardrails | None = None,
+                 on_hit: Callable[[Match], None] | None = None):
         self.engine, self.metrics = engine, metrics
+        self.guardrails, self.on_hit = guardrails, on_hit  # on_hit: counts and logs a hit
         self.arrived, self.timeout_s = arrived, timeout_s
         self.deadline = arrived + timeout_s
         self.choices: list[Choice] = []
@@ -69,7 +76,9 @@ class Generation:
                     req = GenerationRequest(list(prompt), dataclasses.replace(params, seed=seed),
                                             stop_ids, stop_strings)
                     stream = self.engine.submit(req)
-                    choice = Choice(len(self.choices), stream)
+                    watch = self.guardrails.watch() if self.guardrails is not None and \
+                        self.guardrails.output else None
+                    choice = Choice(len(self.choices), stream, watch=watch)
                     self.choices.append(choice)
                     self._move(choice, "waiting")
         except EngineOverloaded:
@@ -84,6 +93,28 @@ class Generation:
         except LmforgeError as e:
             self.close()
             raise bad_request(e.message) from None
+
+    def refuse(self, count: int, match: Match) -> None:
+        """Answer `count` choices with an input rule's refusal instead of generating: each
+        ends with finish_reason "content_filter" and no completion tokens."""
+        for _ in range(count):
+            self.choices.append(Choice(len(self.choices), None, [match.refusal],
+                                       "content_filter"))
+
+    def _screen(self, choice: Choice, event: TokenEvent) -> TokenEvent:
+        """The event as passed on, after the choice's output rules saw its text. A match
+        ends the choice: its engine request is cancelled, the text that completed the match
+        is not passed on, and it finishes with "content_filter" (the whole answer's text
+        becomes the rule's refusal; a stream's earlier text was sent already)."""
+        assert choice.watch is not None
+        hit = choice.watch.feed(event.text, final=event.finish_reason is not None)
+        if hit is None:
+            return event
+        choice.stream.cancel()  # a no-op when the engine had finished it
+        choice.pieces = [hit.refusal]
+        if self.on_hit is not None:
+            self.on_hit(hit)
+        return dataclasses.replace(event, token=None, text="", finish_reason="content_filter")
 
     def _move(self, choice: Choice, gauge: str | None) -> None:
         """Count `choice` under another gauge (idempotent: a second move to None is a no-op)."""
@@ -124,9 +155,13 @@ class Generation:
     async def events(self) -> AsyncIterator[tuple[Choice, TokenEvent]]:
         """(choice, event) as they come, each choice's ending one last; raises the 503 of a
         timeout, or an engine error."""
+        for c in self.choices:
+            if c.stream is None:  # refused before generating: the refusal is all of it
+                yield c, TokenEvent(f"refused-{c.index}", None, c.text, c.finish_reason)
+        live = [c for c in self.choices if c.stream is not None]
         queue: asyncio.Queue = asyncio.Queue()
-        self._tasks = [asyncio.create_task(self._pump(c, queue)) for c in self.choices]
-        open_choices = len(self.choices)
+        self._tasks = [asyncio.create_task(self._pump(c, queue)) for c in live]
+        open_choices = len(live)
         while open_choices:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
@@ -135,8 +170,12 @@ class Generation:
                 choice, item = await asyncio.wait_for(queue.get(), remaining)
             except asyncio.TimeoutError:
                 raise timeout_error(self.timeout_s) from None
+            if choice.finish_reason is not None:
+                continue  # a choice a guardrail ended: the last events of its engine request
             if isinstance(item, BaseException):
                 raise item
+            if choice.watch is not None:
+                item = self._screen(choice, item)
             choice.pieces.append(item.text)
             choice.prompt_tokens = item.prompt_tokens or choice.prompt_tokens
             choice.completion_tokens = item.completion_tokens or choice.completion_tokens

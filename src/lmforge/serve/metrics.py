@@ -71,6 +71,10 @@ class Metrics:
         self.errors = Counter("lmforge:request_errors",
                               "Requests answered with an error, by HTTP status.",
                               [*labels, "status"], registry=r)
+        self.guardrail_hits = Counter("lmforge:guardrail_hits",
+                                      "Requests (input) and answers (output) a guardrail rule "
+                                      "stopped, by rule.", [*labels, "rule", "direction"],
+                                      registry=r)
         self.model_name = model_name
         for g in (self.running, self.waiting):  # show 0 before the first request
             g.labels(model_name).set(0)

@@ -17,6 +17,7 @@ from fastapi.security import HTTPBearer
 
 from lmforge.serve import responses as R
 from lmforge.serve.chat import (
+    ChatPrompt,
     ToolStream,
     assistant_message,
     chat_stop_ids,
@@ -25,6 +26,7 @@ from lmforge.serve.chat import (
 )
 from lmforge.serve.errors import APIError, bad_request, error_body
 from lmforge.serve.generation import Generation
+from lmforge.serve.guardrail_hooks import record_hit, screen_input
 from lmforge.serve.sampling import (
     check_prompts,
     check_stops,
@@ -169,9 +171,10 @@ async def _streamed(request: Request, state: ServerState, gen: Generation, rid: 
     yield R.DONE
 
 
-def _start(state: ServerState, arrived: float) -> Generation:
+def _start(state: ServerState, arrived: float, request: Request) -> Generation:
     return Generation(state.engine, state.metrics, arrived=arrived,
-                      timeout_s=state.cfg.timeout_s)
+                      timeout_s=state.cfg.timeout_s, guardrails=state.guardrails,
+                      on_hit=lambda match: record_hit(request, state, match))
 
 
 async def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
@@ -205,8 +208,12 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     prompt_tokens = sum(len(p) for p in prompts)
     _note(request, model=state.served.name, stream=body.stream, n=body.n,
           prompt=body.prompt)
-    gen = _start(state, arrived)
-    gen.submit(prompts, params, body.n, completion_stop_ids(state.served.tok), stops)
+    gen = _start(state, arrived, request)
+    refused = screen_input(request, state, prompt=body.prompt, prompt_ids=prompts)
+    if refused is not None:  # an input guardrail: its refusal, nothing generated
+        gen.refuse(len(prompts) * body.n, refused)
+    else:
+        gen.submit(prompts, params, body.n, completion_stop_ids(state.served.tok), stops)
     rid, created, model = R.new_id("cmpl"), R.now(), state.served.name
     record = body.model_dump(exclude_none=True)
     if body.stream:
@@ -247,8 +254,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     params = sampling_params(body, max_new_tokens(state, requested, param, [ids]))
     _note(request, model=state.served.name, stream=body.stream, n=body.n, messages=messages)
-    gen = _start(state, arrived)
-    gen.submit([ids], params, body.n, chat_stop_ids(tok), stops)
+    gen = _start(state, arrived, request)
+    refused = screen_input(request, state, messages=messages)
+    if refused is not None:  # an input guardrail: its refusal (plain text), nothing generated
+        gen.refuse(body.n, refused)
+        prompt = ChatPrompt(ids)
+    else:
+        gen.submit([ids], params, body.n, chat_stop_ids(tok), stops)
     rid, created, model = R.new_id("chatcmpl"), R.now(), state.served.name
     record = body.model_dump(exclude_none=True)
     if body.stream:
@@ -285,7 +297,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     def full() -> dict[str, Any]:
         choices = []
         for c in gen.choices:
-            message, calls = assistant_message(c.text, prompt)
+            if c.finish_reason == "content_filter":  # a guardrail's refusal: plain text
+                message, calls = {"role": "assistant", "content": c.text}, False
+            else:
+                message, calls = assistant_message(c.text, prompt)
             finish = "tool_calls" if calls and c.finish_reason == "stop" else c.finish_reason
             choices.append({"index": c.index, "message": message, "finish_reason": finish})
         return R.chat_body(rid, created, model, choices, gen.usage(len(ids)))

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import Request
 
+from lmforge.guardrails import Guardrails
 from lmforge.serve.auth import KeyStore
 from lmforge.serve.config import ServeConfig
 from lmforge.serve.errors import APIError
@@ -27,6 +28,7 @@ class ServerState:
     keys: KeyStore | None = None
     limiter: RateLimiter | None = None
     feedback: FeedbackStore | None = None
+    guardrails: Guardrails | None = None  # --guardrails: filters on requests and answers
     ready: bool = False               # the engine runs: traffic may come
 
     @property
