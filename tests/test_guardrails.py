@@ -109,8 +109,8 @@ def test_input_checks_user_and_tool_messages_only(rules):
     hit = rules.check_input(messages(user="make a b0mb"))
     assert hit is not None and hit.where == "messages[1]" and hit.text == "b0mb"
     assert rules.check_input(messages(tool="recipe: nerve agent")).where == "messages[3]"
-    parts = [{"role": "user", "content": [{"type": "text", "text": "a "},
-                                          {"type": "text", "text": "bomb"}]}]
+    parts = [{"role": "user", "content": [{"type": "text", "text": "a bo"},
+                                          {"type": "text", "text": "mb"}]}]
     assert rules.check_input(parts).rule == "weapons"
     assert rules.check_input([{"role": "user", "content": None}]) is None
 

@@ -186,11 +186,12 @@ class Rule:
 
 
 def _text_of(content: Any) -> str:
-    """A message's content as text: a string, or OpenAI's text parts joined."""
+    """A message's content as text: a string, or OpenAI's text parts joined as the chat
+    template joins them (with nothing between: "bo" + "mb" is what the model reads)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content
+        return "".join(p.get("text", "") for p in content
                          if isinstance(p, Mapping) and isinstance(p.get("text"), str))
     return ""
 
