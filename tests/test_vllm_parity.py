@@ -72,9 +72,10 @@ def export_model(tmp: Path) -> Path:
         ws.close()
     out = tmp / "exported"
     env = {**os.environ, "LMFORGE_HOME": str(tmp / "ws")}
-    lmforge = Path(sys.executable).parent / "lmforge"
-    done = subprocess.run([str(lmforge), "export", art_id, "--format", "hf", "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=120)
+    # the `lmforge` command itself, through this interpreter (wherever its script lies)
+    cmd = [sys.executable, "-c", "from lmforge.cli import main; main()",
+           "export", art_id, "--format", "hf", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return out
 
