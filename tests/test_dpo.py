@@ -122,11 +122,12 @@ def test_losses_follow_their_formulas():
 
 # ---- against TRL -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "hinge"])
-def test_loss_metrics_and_gradients_equal_trls_dpo_trainer(tok, tmp_path, loss):
+@pytest.mark.parametrize(("loss", "sft_weight"), [("sigmoid", 0.0), ("ipo", 0.0),
+                                                 ("hinge", 0.0), ("sigmoid", 0.5)])
+def test_loss_metrics_and_gradients_equal_trls_dpo_trainer(tok, tmp_path, loss, sft_weight):
     """The same models (exported as HF folders), the same three pairs, one batch: lmforge's
     DPO loss equals TRL's DPOTrainer.compute_loss to 1e-5, as do its rewards metrics and the
-    gradient of every weight."""
+    gradient of every weight. With an SFT weight, TRL's loss_type [loss, "sft"]."""
     datasets = pytest.importorskip("datasets")
     transformers = pytest.importorskip("transformers")
     trl = pytest.importorskip("trl")
@@ -144,7 +145,9 @@ def test_loss_metrics_and_gradients_equal_trls_dpo_trainer(tok, tmp_path, loss):
         {"prompt": p.prompt, "chosen": [{"role": "assistant", "content": p.chosen}],
          "rejected": [{"role": "assistant", "content": p.rejected}]} for p in PAIRS])
     config = trl.DPOConfig(output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True,
-                           bf16=False, beta=0.1, loss_type=[loss], max_length=None,
+                           bf16=False, beta=0.1, max_length=None,
+                           loss_type=[loss, "sft"] if sft_weight else [loss],
+                           loss_weights=[1.0, sft_weight] if sft_weight else None,
                            per_device_train_batch_size=len(PAIRS))
     trainer = trl.DPOTrainer(model=hf_policy, ref_model=hf_reference, args=config,
                              train_dataset=data, processing_class=hf_tok)
@@ -160,7 +163,8 @@ def test_loss_metrics_and_gradients_equal_trls_dpo_trainer(tok, tmp_path, loss):
     units, _ = make_units(tok, PAIRS, 128)
     fill_reference_logps(reference, units, 128, 8, CPU)
     policy.train()
-    ours, metrics = DPO(0.1, loss)(policy, unit_batch(units, pack_units(units, 128), 128, CPU))
+    ours, metrics = DPO(0.1, loss, sft_weight=sft_weight)(
+        policy, unit_batch(units, pack_units(units, 128), 128, CPU))
     ours.backward()
     # Both fp32; the sums run in other orders: 1e-5 absolute on losses of order 0.1-20.
     assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)

@@ -185,6 +185,8 @@ def finetune(
                                                   "sigmoid]."),
     label_smoothing: float = typer.Option(None, help="dpo: share of labels that may be "
                                                      "flipped (cDPO, sigmoid) [default: 0]."),
+    sft_weight: float = typer.Option(None, help="dpo: weight of the chosen answers' NLL "
+                                                "added to the loss (RPO) [default: 0]."),
 ) -> None:
     values: dict = {}
     if config is not None:
@@ -192,9 +194,11 @@ def finetune(
     rl_flags = {k: v for k, v in (("kl_coef", kl_coef), ("kl_target", kl_target),
                                   ("length_penalty", length_penalty)) if v is not None}
     dpo_flags = {k: v for k, v in (("beta", beta), ("dpo_loss", loss),
-                                   ("label_smoothing", label_smoothing)) if v is not None}
+                                   ("label_smoothing", label_smoothing),
+                                   ("sft_weight", sft_weight)) if v is not None}
     if method != "dpo" and dpo_flags:
-        raise LmforgeError("--beta, --loss and --label-smoothing are for --method dpo",
+        raise LmforgeError("--beta, --loss, --label-smoothing and --sft-weight are for "
+                           "--method dpo",
                            hint="lmforge finetune SFT --method dpo --data prefs.jsonl")
     if method == "dpo" and reference:  # dpo takes --reference too
         dpo_flags["reference"], reference = reference, None

@@ -216,7 +216,8 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
     raise ValueError(f"unknown DPO loss {loss!r}")
 
 
-def check_dpo_options(beta: float, loss: str, label_smoothing: float) -> None:
+def check_dpo_options(beta: float, loss: str, label_smoothing: float,
+                      sft_weight: float = 0.0) -> None:
     if loss not in LOSSES:
         raise LmforgeError(f"unknown DPO loss {loss!r}",
                            hint=f"choose --loss {' or '.join(LOSSES)}")
@@ -226,6 +227,9 @@ def check_dpo_options(beta: float, loss: str, label_smoothing: float) -> None:
     if not 0 <= label_smoothing < 0.5:
         raise LmforgeError(f"label smoothing must be in [0, 0.5), got {label_smoothing}",
                            hint="e.g. --label-smoothing 0.1: a tenth of the labels may be wrong")
+    if not (isinstance(sft_weight, int | float) and 0 <= sft_weight and math.isfinite(sft_weight)):
+        raise LmforgeError(f"the SFT weight must be 0 or more, got {sft_weight!r}",
+                           hint="e.g. --sft-weight 1.0 keeps the chosen answers likely (RPO)")
     if label_smoothing and loss != "sigmoid":
         raise LmforgeError(f"label smoothing is for the sigmoid loss, not {loss}",
                            hint="use --loss sigmoid --label-smoothing 0.1")
@@ -233,29 +237,38 @@ def check_dpo_options(beta: float, loss: str, label_smoothing: float) -> None:
 
 class DPO:
     """The DPO objective over `unit_batch` batches: mean loss over the batch's pairs, and
-    TRL's metrics (means over the pairs)."""
+    TRL's metrics (means over the pairs). `sft_weight` > 0 adds that weight times the mean
+    negative log-likelihood of the chosen answers' tokens (RPO, Pang et al. 2024; TRL's
+    loss_type ["sigmoid", "sft"]): DPO alone may lower the chosen answers' likelihood along
+    with the rejected ones', which a small model pays for in broken text."""
 
     name = "dpo"
 
-    def __init__(self, beta: float = 0.1, loss: str = "sigmoid", label_smoothing: float = 0.0):
-        check_dpo_options(beta, loss, label_smoothing)
+    def __init__(self, beta: float = 0.1, loss: str = "sigmoid", label_smoothing: float = 0.0,
+                 sft_weight: float = 0.0):
+        check_dpo_options(beta, loss, label_smoothing, sft_weight)
         self.beta, self.loss, self.label_smoothing = beta, loss, label_smoothing
+        self.sft_weight = sft_weight
 
     def __call__(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         chosen, rejected = sequence_logps(model, batch)
         ref = batch["ref_logps"]
-        losses = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], self.beta, self.loss,
-                          self.label_smoothing, batch["answer_lengths"])
+        lengths = batch["answer_lengths"]
+        loss = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], self.beta, self.loss,
+                        self.label_smoothing, lengths).mean()
+        nll = -chosen.sum() / lengths[:, 0].sum()  # per chosen token, over the batch
+        if self.sft_weight:
+            loss = loss + self.sft_weight * nll
         with torch.no_grad():
             r_chosen = self.beta * (chosen - ref[:, 0])
             r_rejected = self.beta * (rejected - ref[:, 1])
             stats = torch.stack([r_chosen.mean(), r_rejected.mean(),
                                  (r_chosen > r_rejected).float().mean(),
                                  (r_chosen - r_rejected).mean(), chosen.mean(),
-                                 rejected.mean()]).tolist()  # one device sync
+                                 rejected.mean(), nll]).tolist()  # one device sync
         names = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                 "logps/chosen", "logps/rejected")
-        return losses.mean(), dict(zip(names, stats))
+                 "logps/chosen", "logps/rejected", "nll/chosen")
+        return loss, dict(zip(names, stats))
 
 
 # ---- the batch source ------------------------------------------------------------------------

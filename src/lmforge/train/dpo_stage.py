@@ -38,7 +38,7 @@ from lmforge.train.dpo import (
 from lmforge.train.loop import Interrupted, autocast_dtype, evaluate, train
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-           "logps/chosen", "logps/rejected")
+           "logps/chosen", "logps/rejected", "nll/chosen")
 
 
 def _pairs(s, refs: list[str], seed: int, notes: list[str]):
@@ -79,7 +79,7 @@ def run_dpo(ws: Workspace, s, show_progress: bool = True, on_step=None) -> Outco
     """DPO from `s.model` on `s.data` (a FinetuneSettings with method "dpo")."""
     from lmforge.train.finetune import _sampler, data_refs
 
-    check_dpo_options(s.beta, s.dpo_loss, s.label_smoothing)
+    check_dpo_options(s.beta, s.dpo_loss, s.label_smoothing, s.sft_weight)
     base = ws.resolve(s.model, kind="model")
     reference_art = ws.resolve(s.reference, kind="model") if s.reference else None
     model, tok = load_model_dir(base.path)
@@ -141,7 +141,7 @@ def run_dpo(ws: Workspace, s, show_progress: bool = True, on_step=None) -> Outco
         torch.manual_seed(t.seed)
         apply_lora(model, **dict(s.lora))
     model.to(device)
-    objective = DPO(s.beta, s.dpo_loss, s.label_smoothing)
+    objective = DPO(s.beta, s.dpo_loss, s.label_smoothing, s.sft_weight)
     before = evaluate(model, objective, source, device, amp)
     prompts = [p.prompt for p in val_pairs[:4]]
     torch.manual_seed(t.seed)
@@ -154,7 +154,8 @@ def run_dpo(ws: Workspace, s, show_progress: bool = True, on_step=None) -> Outco
     model.to("cpu").float()
     metrics: dict[str, Any] = {
         "method": "dpo", "loss": s.dpo_loss, "beta": s.beta,
-        "label_smoothing": s.label_smoothing, "steps": result.steps, "pairs": result.tokens,
+        "label_smoothing": s.label_smoothing, "sft_weight": s.sft_weight,
+        "steps": result.steps, "pairs": result.tokens,
         "train_pairs": len(train_units), "val_pairs": len(val_units),
         "train_loss": result.train_loss, "val_loss_before": before["loss"],
         "val_loss": after["loss"], "train_seconds": round(result.seconds, 1),
@@ -172,7 +173,8 @@ def run_dpo(ws: Workspace, s, show_progress: bool = True, on_step=None) -> Outco
         parents["reference"] = reference_art.id
     settings = {"method": "dpo", "data": refs, "val_data": list(s.val_data),
                 "val_fraction": s.val_fraction, "loss": s.dpo_loss, "beta": s.beta,
-                "label_smoothing": s.label_smoothing, "reference": s.reference,
+                "label_smoothing": s.label_smoothing, "sft_weight": s.sft_weight,
+                "reference": s.reference,
                 **t.to_dict()}
     line = summary(metrics)
     samples = _sampler(tok, prompts, tokens=64)(model)

@@ -71,6 +71,7 @@ class FinetuneSettings:
     beta: float = 0.1  # dpo: how far from the reference (higher: closer)
     dpo_loss: str = "sigmoid"  # dpo: sigmoid, ipo or hinge (train/dpo.py)
     label_smoothing: float = 0.0  # dpo: cDPO's share of possibly flipped labels
+    sft_weight: float = 0.0  # dpo: weight of the chosen answers' NLL added to the loss (RPO)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -91,7 +92,7 @@ class FinetuneSettings:
     def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> FinetuneSettings:
         own = ("model", "method", "data", "val_data", "val_fraction", "replay", "text_field",
                "prompts", "lora", "fallback", "reward", "reference", "algo", "rl", "beta",
-               "dpo_loss", "label_smoothing")
+               "dpo_loss", "label_smoothing", "sft_weight")
         values = dict(values)
         mine = {k: values.pop(k) for k in own if k in values}
         needed = ("model", "method") if mine.get("method") == "rlhf" else ("model", "method",
