@@ -194,9 +194,19 @@ def pack(prompts: list[list[int]], answers: list[list[int]], device: torch.devic
     return ids.to(device), starts.to(device), mask.to(device)
 
 
+def as_turn(answer: list[int], tok: Tokenizer) -> list[int]:
+    """An answer as a finished assistant turn, ending at <|end|> as the reward model's training
+    answers did. An answer cut off by the token budget is judged as the cut-off text a user
+    would see (the judge of `eval compare` does the same): scored without its end, a reward
+    model that never saw such a sequence gives it any score, and RLHF learns never to end."""
+    if answer and answer[-1] == tok.eos_id:
+        answer = answer[:-1]
+    return answer if answer and answer[-1] == tok.end_id else [*answer, tok.end_id]
+
+
 @torch.no_grad()
 def measure(policy: Transformer, reference: Transformer, rm: RewardModel, prompts: list[list[int]],
-            answers: list[list[int]], temperature: float, device: torch.device,
+            answers: list[list[int]], temperature: float, device: torch.device, tok: Tokenizer,
             value_head: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """What is measured on sampled answers before any update: reward model scores, log-probs
     under the policy and the reference, per-token KL (log pi - log pi_ref), and values."""
@@ -204,7 +214,7 @@ def measure(policy: Transformer, reference: Transformer, rm: RewardModel, prompt
     logp, _, values = pg.response_stats(policy, ids, starts, mask.shape[1], temperature,
                                         value_head)
     ref_logp, _, _ = pg.response_stats(reference, ids, starts, mask.shape[1], temperature)
-    scores = torch.tensor(rm.score_ids([p + a for p, a in zip(prompts, answers)]),
+    scores = torch.tensor(rm.score_ids([p + as_turn(a, tok) for p, a in zip(prompts, answers)]),
                           device=device)
     return {"ids": ids, "starts": starts, "mask": mask, "logp": logp * mask,
             "ref_logp": ref_logp * mask, "values": None if values is None else values * mask,
@@ -217,7 +227,7 @@ def evaluate_policy(policy: Transformer, reference: Transformer, rm: RewardModel
     """Mean reward, KL to the reference and answer length on held-out prompts, from answers
     sampled as rollouts are (same temperature, fixed seeds), so the KL estimate is unbiased."""
     answers = sample_answers(policy, prompts, rl, seed, -1, tok)
-    m = measure(policy, reference, rm, prompts, answers, rl.temperature, device)
+    m = measure(policy, reference, rm, prompts, answers, rl.temperature, device, tok)
     return {"reward": float(m["scores"].mean()), "kl": float(m["kl"].sum(1).mean()),
             "length": float(m["mask"].sum(1).mean())}
 
@@ -419,7 +429,7 @@ class RLLoop:
         answers = sample_answers(self.policy, prompts, rl, self.t.seed, step, tok)
         with self._autocast():
             m = measure(self.policy, self.reference, self.rm, prompts, answers, rl.temperature,
-                        self.device, self.value_head)
+                        self.device, tok, self.value_head)
         scores, mask, kl = m["scores"].float(), m["mask"], m["kl"].float()
         moments = pg.RunningMoments(**state["reward_moments"])
         moments.update(scores)
