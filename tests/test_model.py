@@ -84,6 +84,12 @@ def test_top_k_and_top_p_restrict_the_support():
     # softmax mass: 0.64, 0.24, 0.09...: top_p=0.8 keeps tokens 0 and 1 only
     nucleus = {sample_next(logits, SamplingParams(1.0, top_p=0.8), gen).item() for _ in range(200)}
     assert nucleus == {0, 1}
+    # A vanishing top_p keeps the likeliest token (found by the server's fuzz: rounding in
+    # the cumulative sum dropped every token, and sampling failed on NaN probabilities).
+    wide = torch.randn(4, 4096, generator=torch.Generator().manual_seed(1)) * 3
+    for top_p in (1e-300, 5e-324, 1e-12):
+        picked = sample_next(wide, SamplingParams(1.0, top_p=top_p), gen)
+        assert torch.equal(picked, wide.argmax(dim=-1))
 
 
 def test_generation_stops_at_the_context_length():

@@ -43,6 +43,9 @@ def sample_next(logits: torch.Tensor, params: SamplingParams,
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= params.top_p
+        # The likeliest token always stays: with a tiny top_p, rounding in the cumulative sum
+        # (a few 1e-8 above 0) would otherwise drop every token and leave NaN probabilities.
+        drop_sorted[..., 0] = False
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
