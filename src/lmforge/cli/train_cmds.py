@@ -126,7 +126,8 @@ _FINETUNE_HELP = """Stage 6: fine-tune a model with the same loop as pretraining
       a reward model (kind reward-model): SFT + a scalar head,
       Bradley-Terry loss, held-out pair accuracy
   lmforge finetune SFT --method rlhf --reward RM --prompts p.jsonl --algo ppo
-      RLHF against the reward model (ppo, grpo or rloo), KL to SFT
+      RLHF against the reward model (ppo, grpo or rloo), KL to SFT;
+      200 steps at lr 1e-4 unless --steps/--epochs/--lr say otherwise
   lmforge finetune SFT --method dpo --data prefs.jsonl --loss sigmoid --beta 0.1
       DPO on preference pairs (prompt/chosen/rejected, or Anthropic HH),
       reference log-probs computed once; 'pydocs-prefs' is built in
@@ -172,7 +173,7 @@ def finetune(
     reference: str = typer.Option(None, help="rlhf, dpo: the frozen reference [default: "
                                              "MODEL]."),
     kl_coef: float = typer.Option(None, help="rlhf: the starting KL coefficient [default: "
-                                             "0.05]."),
+                                             "0.1]."),
     kl_target: float = typer.Option(None, help="rlhf: KL per answer (nats) the adaptive "
                                                "coefficient aims at; 0 = fixed [default: 4]."),
     length_penalty: float = typer.Option(None, help="rlhf: subtracted from the reward per "
@@ -211,7 +212,7 @@ def finetune(
                  eval_every=eval_every, seed=seed, device=device)
     values.update({k: v for k, v in flags.items() if v is not None})
     settings = FinetuneSettings(model, method, tuple(data) + tuple(prompts),
-                                training_settings(values, "finetune settings"),
+                                training_settings(values, "finetune settings", method),
                                 tuple(val_data), val_fraction, replay, text_field,
                                 lora=() if lora is None else lora_options(lora, "--lora"),
                                 **_rl_fields(method, reward, reference, algo, rl, rl_flags),

@@ -109,7 +109,7 @@ class FinetuneSettings:
             from lmforge.train.rlhf import rl_options
 
             mine["rl"] = rl_options(mine["rl"], where)
-        return cls(train=training_settings(values, where), **mine)
+        return cls(train=training_settings(values, where, mine.get("method")), **mine)
 
 
 def lora_options(spec: str | dict[str, Any] | bool, where: str) -> tuple[tuple[str, Any], ...]:
@@ -147,12 +147,21 @@ def lora_options(spec: str | dict[str, Any] | bool, where: str) -> tuple[tuple[s
     return (("r", r), ("alpha", alpha), ("dropout", dropout), ("targets", targets))
 
 
-def training_settings(values: dict[str, Any], where: str) -> TrainSettings:
-    """TrainSettings with fine-tuning's defaults under what was given."""
+# RLHF samples its own data: a fixed number of steps (an epoch of the built-in prompts would
+# be 1,366 of them) at a third of the rate (3e-4 broke the quickstart policy within 20 steps).
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"rlhf": {"lr": 1e-4, "steps": 200}}
+
+
+def training_settings(values: dict[str, Any], where: str, method: str | None = None
+                      ) -> TrainSettings:
+    """TrainSettings with fine-tuning's (and the method's) defaults under what was given."""
     given = dict(values)
+    defaults = {**FINETUNE_DEFAULTS, **METHOD_DEFAULTS.get(method or "", {})}
+    if any(k in given for k in ("steps", "tokens", "epochs")):
+        defaults.pop("steps", None)  # the length given wins over a method's default
     if any(k in given for k in ("steps", "tokens")):
         given.setdefault("epochs", 0.0)
-    return TrainSettings.from_dict({**FINETUNE_DEFAULTS, **given}, where=where)
+    return TrainSettings.from_dict({**defaults, **given}, where=where)
 
 
 def data_refs(s: FinetuneSettings) -> tuple[list[str], str | None]:

@@ -69,12 +69,12 @@ class RLSettings:
     """What RLHF adds to the training settings (`--rl key=value,...`, or a recipe's `rl`
     table; --algo, --kl-coef, --kl-target and --length-penalty have flags of their own)."""
     algo: str = "ppo"
-    prompts_per_step: int = 8
+    prompts_per_step: int = 0  # 0 = 16 answers a step: 16 prompts (ppo), 4 x 4 (grpo, rloo)
     group: int = 0  # answers per prompt; 0 = 1 for ppo, 4 for grpo and rloo
     max_new_tokens: int = 48
-    temperature: float = 1.0  # sampling temperature of the rollouts
+    temperature: float = 0.7  # of the rollouts (1.0 drew the tiny SFT model's worst answers)
     top_k: int = 0
-    kl_coef: float = 0.05  # the starting beta
+    kl_coef: float = 0.1  # the starting beta, in units of the normalized reward
     kl_target: float = 4.0  # nats per answer the adaptive beta aims at; 0 = a fixed beta
     kl_horizon: int = 400  # answers over which beta may move by 20%
     length_penalty: float = 0.0  # subtracted from the (normalized) reward per answer token
@@ -93,8 +93,10 @@ class RLSettings:
         if self.algo not in ALGOS:
             raise LmforgeError(f"unknown RL algorithm {self.algo!r}",
                                hint=f"choose one of: {', '.join(ALGOS)}")
-        for key in ("prompts_per_step", "max_new_tokens", "kl_horizon", "epochs",
-                    "minibatches", "eval_prompts"):
+        if self.prompts_per_step < 0:
+            raise LmforgeError(f"rl setting prompts_per_step must not be negative, got "
+                               f"{self.prompts_per_step}")
+        for key in ("max_new_tokens", "kl_horizon", "epochs", "minibatches", "eval_prompts"):
             if getattr(self, key) < 1:
                 raise LmforgeError(f"rl setting {key} must be at least 1, got "
                                    f"{getattr(self, key)}")
@@ -119,7 +121,12 @@ class RLSettings:
 
     @property
     def rollouts(self) -> int:
-        return self.prompts_per_step * self.answers_per_prompt
+        return self.prompts * self.answers_per_prompt
+
+    @property
+    def prompts(self) -> int:
+        """Prompts per step."""
+        return self.prompts_per_step or max(1, 16 // self.answers_per_prompt)
 
     @classmethod
     def from_options(cls, algo: str, options: tuple[tuple[str, Any], ...] | dict[str, Any],
@@ -311,7 +318,7 @@ def run_rlhf(ws: Workspace, s: Any, show_progress: bool = True, on_step=None) ->
                            hint="lower --rl max_new_tokens, or give shorter prompts")
     notes = ([f"{dropped} prompts left out: too long for a {rl.max_new_tokens}-token answer"]
              if dropped else [])
-    total = t.steps or max(1, math.ceil(t.epochs * len(train_ids) / rl.prompts_per_step))
+    total = t.steps or max(1, math.ceil(t.epochs * len(train_ids) / rl.prompts))
     key = hashlib.sha256(f"rlhf|{base.id}|{rm.ref}|{ref_art.id}|{s!r}|"
                          f"{_prompt_digest(train_ids)}".encode()).hexdigest()[:12]
     run_dir = ws.runs_dir / f"rlhf-{key}"
@@ -416,7 +423,7 @@ class RLLoop:
         """This step's prompts (an epoch's permutation, seeded), each repeated per group."""
         rl, n = self.rl, len(prompts)
         out = []
-        for k in range(step * rl.prompts_per_step, (step + 1) * rl.prompts_per_step):
+        for k in range(step * rl.prompts, (step + 1) * rl.prompts):
             epoch, offset = divmod(k, n)
             order = np.random.default_rng([self.t.seed, epoch, 5]).permutation(n)
             out += [prompts[order[offset]]] * rl.answers_per_prompt
