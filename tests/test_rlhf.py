@@ -261,3 +261,25 @@ def test_models_rlhf_cannot_combine_are_refused_before_training(cli, tok, tmp_pa
                        *RL_ARGS[:-2])
     one_clean_error(code, err, "cannot read RL setting 'clip'")
     assert not list((cli.workspace / "runs").glob("rlhf-*"))  # nothing started training
+
+
+def test_rl_settings_and_defaults():
+    from lmforge.errors import LmforgeError
+    from lmforge.train.finetune import training_settings
+    from lmforge.train.rlhf import rl_options
+
+    assert RLSettings().rollouts == 16 and RLSettings(algo="grpo").prompts == 4
+    opts = dict(rl_options("group=8,normalize_rewards=false,clip=0.1", "--rl"))
+    rl = RLSettings.from_options("rloo", opts)
+    assert (rl.group, rl.normalize_rewards, rl.clip, rl.prompts) == (8, False, 0.1, 2)
+    with pytest.raises(LmforgeError, match="unknown setting.*beta"):
+        rl_options("beta=0.1", "--rl")
+    with pytest.raises(LmforgeError, match="clip='x' is not a float"):
+        rl_options("clip=x", "--rl")
+    with pytest.raises(LmforgeError, match="more than 1 for grpo"):
+        RLSettings(algo="grpo", group=1)
+    # RLHF samples its own data: a fixed length and a lower rate, unless told otherwise.
+    assert (training_settings({}, "t", "rlhf").steps, training_settings({}, "t", "rlhf").lr) \
+        == (200, 1e-4)
+    assert training_settings({"epochs": 0.5}, "t", "rlhf").steps == 0
+    assert training_settings({}, "t", "sft").steps == 0
