@@ -157,7 +157,8 @@ def finetune(
     config: str = typer.Option(None, help="A TOML file whose [train] table holds settings."),
     steps: int = typer.Option(None, help="Optimizer steps (default: one epoch)."),
     epochs: float = typer.Option(None, help="Passes over the training data [default: 1]."),
-    lr: float = typer.Option(None, help="Peak learning rate (AdamW) [default: 3e-4]."),
+    lr: float = typer.Option(None, help="Peak learning rate (AdamW) [default: 3e-4; rlhf "
+                                        "1e-4; dpo 2e-5]."),
     optimizer: str = typer.Option(None, help="adamw, or muon (hidden matrices) + AdamW."),
     batch_tokens: int = typer.Option(None, help="Tokens per optimizer step [default: 4096]."),
     micro_batch: int = typer.Option(None, help="Rows per forward/backward [default: 8]."),
