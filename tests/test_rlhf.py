@@ -29,6 +29,16 @@ def tok():
     return train_tokenizer(TEXT, 300, show_progress=False)
 
 
+@pytest.fixture
+def one_thread():
+    """Toy runs are thousands of tiny ops: a second thread only waits on the first (on a
+    shared 2-core machine the PPO run took 44 s with two threads, 3 s with one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---- the arithmetic, by hand ---------------------------------------------------------------
 
 
@@ -152,7 +162,8 @@ def _mean(history, key, part):
     return float(np.mean([r[key] for r in part(history)]))
 
 
-def test_grpo_raises_a_toy_reward_and_the_kl_penalty_holds_it_near_the_reference(tok, tmp_path):
+def test_grpo_raises_a_toy_reward_and_the_kl_penalty_holds_it_near_the_reference(
+        tok, tmp_path, one_thread):
     history, _ = toy_run(tok, tmp_path, "grpo")
     first, last = _mean(history, "reward", lambda h: h[:3]), _mean(history, "reward",
                                                                   lambda h: h[-3:])
@@ -165,7 +176,7 @@ def test_grpo_raises_a_toy_reward_and_the_kl_penalty_holds_it_near_the_reference
     assert _mean(held, "kl", lambda h: h[-4:]) < _mean(history, "kl", lambda h: h[-4:])
 
 
-def test_ppo_raises_a_toy_reward_with_its_value_head(tok, tmp_path):
+def test_ppo_raises_a_toy_reward_with_its_value_head(tok, tmp_path, one_thread):
     history, _ = toy_run(tok, tmp_path, "ppo", steps=12, prompts_per_step=16)
     assert _mean(history, "reward", lambda h: h[-3:]) > _mean(history, "reward",
                                                                lambda h: h[:3]) + 0.1
@@ -173,7 +184,7 @@ def test_ppo_raises_a_toy_reward_with_its_value_head(tok, tmp_path):
     assert max(r["kl"] for r in history) < 20
 
 
-def test_a_stopped_run_resumes_to_the_same_policy(tok, tmp_path):
+def test_a_stopped_run_resumes_to_the_same_policy(tok, tmp_path, one_thread):
     _, straight = toy_run(tok, tmp_path, "rloo", steps=4, run_name="straight")
 
     def stop_at_two(step):
