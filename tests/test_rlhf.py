@@ -294,3 +294,13 @@ def test_rl_settings_and_defaults():
         == (200, 1e-4)
     assert training_settings({"epochs": 0.5}, "t", "rlhf").steps == 0
     assert training_settings({}, "t", "sft").steps == 0
+
+
+def test_a_recipe_step_may_leave_the_prompts_to_the_built_in_set():
+    from lmforge.train.finetune import FinetuneSettings
+
+    s = FinetuneSettings.from_dict({"model": "m", "method": "rlhf", "reward": "rm",
+                                    "algo": "grpo", "rl": {"max_new_tokens": 32}},
+                                   "steps.rlhf", Path("."))
+    assert (s.data, s.reward, s.algo, s.rl, s.train.steps) == ((), "rm", "grpo",
+                                                               (("max_new_tokens", 32),), 200)

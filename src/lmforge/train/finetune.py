@@ -98,6 +98,7 @@ class FinetuneSettings:
         needed = ("model", "method") if mine.get("method") == "rlhf" else ("model", "method",
                                                                              "data")
         check_keys(mine, where, required=needed, optional=own)
+        mine.setdefault("data", ())  # rlhf: the built-in prompts
         for key in ("data", "val_data", "fallback"):
             if key in mine:
                 mine[key] = tuple(resolve_path(p, base_dir) for p in _listed(mine[key]))
