@@ -19,7 +19,7 @@ from lmforge.train.settings import TrainSettings
 
 LINE = re.compile(
     r"^train step (?P<step>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\) loss (?P<loss>[\d.]+)"
-    r"(?: val loss (?P<val>[\d.]+))? (?P<speed>[\d,]+) tok/s MFU (?P<mfu>[\d.]+)% "
+    r"(?: val loss (?P<val>[\d.]+))? (?P<speed>[\d,]+) (?P<unit>tok|pairs)/s MFU (?P<mfu>[\d.]+)% "
     r"elapsed (?P<elapsed>[\d:]+) ETA (?P<eta>[\d:]+|\?)$")
 
 
@@ -156,3 +156,32 @@ def test_a_training_run_with_stdout_in_a_file_prints_parsable_progress(
         assert int(x["speed"].replace(",", "")) > 0 and float(x["mfu"]) >= 0
     assert float(lines[-1]["val"]) == pytest.approx(history[6]["val_loss"], abs=5e-5)
     assert lines[-1]["eta"] == "0:00"
+    assert {x["unit"] for x in lines} == {"tok"}
+
+
+def test_a_source_that_counts_pairs_shows_pairs_per_second(tmp_path, capsys, monkeypatch):
+    """Reward and DPO batches count pairs, not tokens: their speed must not read as tok/s."""
+    from lmforge.train.dpo import PairBatches as DPOPairs
+    from lmforge.train.dpo import PairUnit
+    from lmforge.train.reward import PairBatches as RewardPairs
+
+    monkeypatch.delenv("LMFORGE_NO_PROGRESS", raising=False)
+    monkeypatch.setenv("LMFORGE_PROGRESS_INTERVAL", "0")
+    design = ModelDesign(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, vocab_size=64,
+                         context_length=32, name="unit")
+    model = initialize(Transformer(design), "gpt2", seed=0)
+    tokens = np.resize(np.arange(29, dtype=np.uint16), 8_000)
+    s = TrainSettings(steps=2, batch_tokens=128, micro_batch=4, seq_len=32, lr=3e-3,
+                      warmup_steps=1, eval_every=2, eval_batches=1, checkpoint_every=2,
+                      device="cpu")
+    source = TokenWindows(ArraySource(tokens), ArraySource(tokens[:2_000]), s.seq_len,
+                          s.micro_batch, s.accumulation, s.eval_batches)
+    source.unit = "pairs"
+    train(model, NextToken(), source, s, tmp_path / "run", show_progress=True)
+    assert {x["unit"] for x in parse(capsys.readouterr().out)} == {"pairs"}
+    # The real pair sources say so.
+    unit = PairUnit([1, 2], [3, 4], [4, 5], [3, 6], [6, 7], ref_chosen=-1.0, ref_rejected=-2.0)
+    assert DPOPairs([unit], [], seq_len=16, micro_batch=1, accumulation=1,
+                    eval_batches=1).unit == "pairs"
+    assert RewardPairs([([1, 2, 3], [1, 2, 4])], [], seq_len=16, micro_batch=1,
+                       accumulation=1, eval_batches=1).unit == "pairs"

@@ -292,6 +292,7 @@ class PairBatches:
         self.accumulation, self.eval_batches = accumulation, eval_batches
         self.train_rows = pack_units(train, seq_len)
         self.val_rows = pack_units(val, seq_len)[:micro_batch * eval_batches]
+        self.unit = "pairs"  # a Batch's count: the progress line shows pairs/s
         self.tokens = len(self.train_rows) * seq_len
         self._orders: dict[tuple[int, int], np.ndarray] = {}
 

@@ -133,7 +133,8 @@ def train(model: Transformer, objective: Objective, source: BatchSource, s: Trai
     log.truncate_after(start)  # lines written after the checkpoint belong to a lost future
     flops = training_flops_per_token(model.design, s.seq_len)
     peak = measure_matmul_peak(device, amp or torch.float32, seconds=0.3).flops_per_second
-    progress = TrainProgress(total, start, enabled=show_progress)
+    progress = TrainProgress(total, start, enabled=show_progress,
+                             unit=getattr(source, "unit", "tok"))
     stopped_early = False
     done = start
 

@@ -101,8 +101,9 @@ class PlainProgress:
     averages since the previous line: one step's speed swings too much to stand for 30 s."""
 
     def __init__(self, total: int, start: int, stream: TextIO, interval: float,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, unit: str = "tok"):
         self.total, self.start, self.stream, self.interval = total, start, stream, interval
+        self.unit = unit  # what a step's count counts: tokens, or pairs (reward, DPO)
         self.clock = clock
         self.began = clock()
         self.printed_at: float | None = None
@@ -139,7 +140,7 @@ class PlainProgress:
                 average = (r["tokens"] - self.mark[0]) / seconds
                 speed, mfu = average, mfu * average / speed  # MFU is proportional to speed
         return (f"train step {step}/{self.total} ({100 * step // max(1, self.total)}%) "
-                f"loss {r['loss']:.4f}{val} {speed:,.0f} tok/s "
+                f"loss {r['loss']:.4f}{val} {speed:,.0f} {self.unit}/s "
                 f"MFU {mfu:.1%} elapsed {clock_time(elapsed)} ETA {eta}")
 
     def _print(self, r: dict[str, Any], now: float) -> None:
@@ -157,19 +158,21 @@ class TrainProgress:
     `enabled=False`, silences both."""
 
     def __init__(self, total: int, start: int, enabled: bool = True,
-                 stream: TextIO | None = None, interval: float | None = None):
+                 stream: TextIO | None = None, interval: float | None = None,
+                 unit: str = "tok"):
         self.console = Console(stderr=True)
         self.enabled = enabled and not os.environ.get("LMFORGE_NO_PROGRESS")
         out = sys.stdout if stream is None else stream
         self.plain = None
         if self.enabled and not is_terminal(out):
             self.plain = PlainProgress(total, start, out,
-                                       progress_interval() if interval is None else interval)
+                                       progress_interval() if interval is None else interval,
+                                       unit=unit)
         # Off a terminal the bar only prints its last state at the end; the lines say more.
         show_bar = self.enabled and (self.plain is None or self.console.is_terminal)
         self.bar = Progress(
             TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
+            TextColumn("loss {task.fields[loss]}"), TextColumn(f"{{task.fields[speed]}} {unit}/s"),
             TextColumn("MFU {task.fields[mfu]}"), TimeElapsedColumn(), TextColumn("ETA"),
             TimeRemainingColumn(), console=self.console, disable=not show_bar)
         self.task = self.bar.add_task("train", total=total, completed=start, loss="-",

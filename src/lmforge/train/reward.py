@@ -123,6 +123,7 @@ class PairBatches:
         self.train, self.all_val = list(train), list(val)
         self.val = self.all_val[:micro_batch * eval_batches]  # what validation reads in training
         self.micro_batch, self.accumulation = micro_batch, accumulation
+        self.unit = "pairs"  # a Batch's count: the progress line shows pairs/s
         self.tokens = len(self.train) * seq_len
 
     def _batch(self, pairs: Sequence[EncodedPair], device: torch.device) -> Batch:
