@@ -55,6 +55,34 @@ def test_help_lists_every_verb_with_a_purpose(cli):
         assert verb in out
 
 
+# What rich would read as a markup tag (and drop from the text shown): `[train]`, `[default: 1]`.
+RICH_TAG = re.compile(r"(?<!\\)\[[a-z#/@][^\[]*?\]")
+
+
+def test_no_help_text_loses_words_to_rich_markup():
+    """--help is rendered as rich markup: an unescaped `[default: 1]` vanishes from the page."""
+    import typer
+
+    from lmforge.cli.app import app
+
+    def texts(command, path):
+        yield path, command.help or ""
+        for param in command.params:
+            yield f"{path} {param.name}", getattr(param, "help", None) or ""
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from texts(sub, f"{path} {name}")
+
+    lost = [(where, m.group(0)) for where, text in texts(typer.main.get_command(app), "lmforge")
+            for m in RICH_TAG.finditer(text)]
+    assert not lost
+
+
+def test_an_error_naming_brackets_prints_them_verbatim(cli):
+    """A user's path is not markup: `[/]` in it must neither vanish nor crash the printer."""
+    code, _, err = cli("design", "--file", "runs[/]/d[bold].toml", "--no-benchmark")
+    one_clean_error(code, err, "runs[/]/d[bold].toml", "[model] table")
+
+
 def test_design_json_and_registration(cli):
     code, out, err = cli("design", "--preset", "tiny", "--json", "--no-benchmark")
     assert code == 0, err

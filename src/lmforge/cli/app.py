@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lmforge import __version__
 from lmforge.errors import LmforgeError
@@ -59,9 +60,9 @@ def main() -> None:
     try:
         app()
     except LmforgeError as e:
-        err_console.print(f"[bold red]error:[/] {e.message}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False)
         if e.hint:
-            err_console.print(f"  [bold]fix:[/] {e.hint}", highlight=False)
+            err_console.print(f"  [bold]fix:[/] {escape(e.hint)}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

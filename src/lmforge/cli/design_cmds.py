@@ -22,7 +22,7 @@ from lmforge.errors import LmforgeError
 def design(
     preset: str = typer.Option(None, "--preset", "-p",
                                help=f"Start from a preset: {', '.join(PRESETS)}."),
-    file: Path = typer.Option(None, "--file", "-f", help="A design TOML ([model] table)."),
+    file: Path = typer.Option(None, "--file", "-f", help="A design TOML (\\[model] table)."),
     vocab_size: int = typer.Option(None, help="Override the vocabulary size."),
     context_length: int = typer.Option(None, help="Override the context length."),
     batch_size: int = typer.Option(8, help="Micro-batch (sequences) for the memory estimate."),

@@ -60,7 +60,7 @@ def eval_cmd(
     judge: str = typer.Option(None, help="compare: a reward model that judges the models' "
                                          "answers: win rates against the first model."),
     prompts: list[str] = typer.Option([], "--prompts", help="compare --judge: prompt files "
-                                      "[default: pydocs-chat:heldout]; --limit of them (500)."),
+                                      "\\[default: pydocs-chat:heldout]; --limit of them (500)."),
     temperature: float = typer.Option(0.0, help="compare --judge: 0 answers greedily."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:

@@ -42,7 +42,7 @@ def tokenize(
                              help="A dataset artifact id, files/globs, or 'pydocs'."),
     tokenizer: str = typer.Option(..., "--tokenizer", "-t", help="A tokenizer artifact id."),
     val_fraction: float = typer.Option(
-        None, help="Share of documents held out for validation [default: 0.05; 0 with "
+        None, help="Share of documents held out for validation \\[default: 0.05; 0 with "
                    "--val-data]."),
     val_data: str = typer.Option(
         None, "--val-data",
@@ -66,7 +66,7 @@ def pretrain(
     tokens: str = typer.Option(None, help="Training tokens, e.g. 2M."),
     steps: int = typer.Option(None, help="Optimizer steps (instead of --tokens)."),
     epochs: float = typer.Option(None, help="Passes over the training split."),
-    config: str = typer.Option(None, help="A TOML file whose [train] table holds settings."),
+    config: str = typer.Option(None, help="A TOML file whose \\[train] table holds settings."),
     batch_tokens: int = typer.Option(None, help="Tokens per optimizer step."),
     micro_batch: int = typer.Option(None, help="Sequences per forward/backward."),
     seq_len: int = typer.Option(None, help="Sequence length."),
@@ -154,41 +154,41 @@ def finetune(
                                         "dropout=0.05,targets=q_proj+v_proj ('' for the "
                                         "defaults); the result is a lora-adapter artifact "
                                         "(lmforge merge-lora makes a plain model of it)."),
-    config: str = typer.Option(None, help="A TOML file whose [train] table holds settings."),
+    config: str = typer.Option(None, help="A TOML file whose \\[train] table holds settings."),
     steps: int = typer.Option(None, help="Optimizer steps (default: one epoch)."),
-    epochs: float = typer.Option(None, help="Passes over the training data [default: 1]."),
-    lr: float = typer.Option(None, help="Peak learning rate (AdamW) [default: 3e-4; rlhf "
+    epochs: float = typer.Option(None, help="Passes over the training data \\[default: 1]."),
+    lr: float = typer.Option(None, help="Peak learning rate (AdamW) \\[default: 3e-4; rlhf "
                                         "1e-4; dpo 2e-5]."),
     optimizer: str = typer.Option(None, help="adamw, or muon (hidden matrices) + AdamW."),
-    batch_tokens: int = typer.Option(None, help="Tokens per optimizer step [default: 4096]."),
-    micro_batch: int = typer.Option(None, help="Rows per forward/backward [default: 8]."),
-    seq_len: int = typer.Option(None, help="Row length [default: 256]."),
+    batch_tokens: int = typer.Option(None, help="Tokens per optimizer step \\[default: 4096]."),
+    micro_batch: int = typer.Option(None, help="Rows per forward/backward \\[default: 8]."),
+    seq_len: int = typer.Option(None, help="Row length \\[default: 256]."),
     eval_every: int = typer.Option(None, help="Validate every N steps."),
     seed: int = typer.Option(None, help="Seed of data order and the validation split."),
     device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1, mps."),
     reward: str = typer.Option(None, help="rlhf: the reward model (--method reward made it)."),
     prompts: list[str] = typer.Option([], "--prompts", help="rlhf: repeatable. Prompt files "
-                                      "(JSONL of messages, prompt or text) [default: the "
+                                      "(JSONL of messages, prompt or text) \\[default: the "
                                       "built-in pydocs-chat questions]."),
     algo: str = typer.Option("ppo", help="rlhf: ppo, grpo or rloo."),
-    reference: str = typer.Option(None, help="rlhf, dpo: the frozen reference [default: "
+    reference: str = typer.Option(None, help="rlhf, dpo: the frozen reference \\[default: "
                                              "MODEL]."),
-    kl_coef: float = typer.Option(None, help="rlhf: the starting KL coefficient [default: "
+    kl_coef: float = typer.Option(None, help="rlhf: the starting KL coefficient \\[default: "
                                              "0.1]."),
     kl_target: float = typer.Option(None, help="rlhf: KL per answer (nats) the adaptive "
-                                               "coefficient aims at; 0 = fixed [default: 4]."),
+                                               "coefficient aims at; 0 = fixed \\[default: 4]."),
     length_penalty: float = typer.Option(None, help="rlhf: subtracted from the reward per "
-                                                    "answer token [default: 0]."),
+                                                    "answer token \\[default: 0]."),
     rl: str = typer.Option(None, help="rlhf: more settings, e.g. prompts_per_step=8,"
                                       "max_new_tokens=48,epochs=2 (train/rlhf.py)."),
     beta: float = typer.Option(None, help="dpo: strength of the pull to the reference "
-                                          "(higher: closer) [default: 0.1]."),
-    loss: str = typer.Option(None, "--loss", help="dpo: sigmoid, ipo or hinge [default: "
+                                          "(higher: closer) \\[default: 0.1]."),
+    loss: str = typer.Option(None, "--loss", help="dpo: sigmoid, ipo or hinge \\[default: "
                                                   "sigmoid]."),
     label_smoothing: float = typer.Option(None, help="dpo: share of labels that may be "
-                                                     "flipped (cDPO, sigmoid) [default: 0]."),
+                                                     "flipped (cDPO, sigmoid) \\[default: 0]."),
     sft_weight: float = typer.Option(None, help="dpo: weight of the chosen answers' NLL "
-                                                "added to the loss (RPO) [default: 0]."),
+                                                "added to the loss (RPO) \\[default: 0]."),
 ) -> None:
     values: dict = {}
     if config is not None:
