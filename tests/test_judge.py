@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lmforge.eval.judge import win_rate
+from lmforge.registry import Workspace
 from lmforge.tokenizer import train_tokenizer
 from test_cli import one_clean_error
 from test_reward import TEXT, register_model, tiny
@@ -32,8 +33,10 @@ def test_win_rate_counts_ties_as_half_with_a_bootstrap_interval():
 
 
 class LengthJudge:
-    """Stands in for a reward model: longer answers score higher."""
-    ref = "reward-model-length"
+    """Stands in for a reward model (registered as `ref`): longer answers score higher."""
+
+    def __init__(self, ref: str):
+        self.ref = ref
 
     def score_batch(self, items, batch_size=16):
         return [float(len(answer)) for _, answer in items]
@@ -56,9 +59,10 @@ def silent(tok, seed=0):
 def test_a_model_that_never_answers_loses_to_one_that_does(cli, tok, tmp_path, monkeypatch):
     import lmforge.train.reward as reward
 
-    monkeypatch.setattr(reward, "load_reward_model", lambda ws, ref, device: LengthJudge())
     talker = register_model(cli.workspace, tiny(tok), tok, name="talker")
     quiet = register_model(cli.workspace, silent(tok), tok, name="quiet")
+    judge = register_reward_model(cli.workspace, tiny(tok, seed=2), tok)
+    monkeypatch.setattr(reward, "load_reward_model", lambda ws, ref, device: LengthJudge(judge))
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"text": f"What is a {n}?"}) + "\n"
                                for n in ("cat", "dog", "sun", "moon", "cup", "tree", "star",
@@ -67,7 +71,7 @@ def test_a_model_that_never_answers_loses_to_one_that_does(cli, tok, tmp_path, m
                          prompts, "--max-new-tokens", "6", "--device", "cpu", "--json")
     assert code == 0, err
     report = json.loads(out)
-    assert report["prompts"] == 12 and report["judge"] == "reward-model-length"
+    assert report["prompts"] == 12 and report["judge"] == judge
     lose, tie = report["rows"]
     assert lose["model"] == quiet and lose["against"] == talker
     # Never a win: a loss wherever the talker said anything (a tie where it said nothing).
@@ -78,6 +82,17 @@ def test_a_model_that_never_answers_loses_to_one_that_does(cli, tok, tmp_path, m
     assert lose["kl"] > 3
     models = {m["model"]: m for m in report["models"]}
     assert models[quiet]["ended"] == 1.0 and models[quiet]["mean_length"] == 1.0
+    # The comparison is in the record, tied to the models compared and to its judge.
+    ws = Workspace.open(cli.workspace)
+    try:
+        rec = ws.record(report["report"], kind="judge-report")
+        assert ws.resolve(rec.id).manifest["parents"] == {"judge": judge, "baseline": talker,
+                                                 "models": [quiet]}
+        stored = json.loads((rec.path / "report.json").read_text())
+        assert stored["rows"] == report["rows"]
+        assert rec.metrics == {f"{quiet}/win_rate": lose["win_rate"], f"{talker}/win_rate": 0.5}
+    finally:
+        ws.close()
 
 
 def test_a_real_reward_model_judges_and_bad_requests_are_refused(cli, tok, tmp_path):

@@ -123,15 +123,17 @@ def _compare(ws, a: str, b: str, suite: str | None, png: Path | None, force: boo
 def _judged(ws, models: list[str], judge: str, prompts: list[str], limit: int | None,
             max_new_tokens: int, temperature: float, seed: int, device: str,
             as_json: bool) -> None:
-    from lmforge.eval.judge import judge_models, render_judged
+    from lmforge.eval.judge_stage import JudgeSettings
+    from lmforge.eval.judge_stage import run as run_judged
 
-    report = judge_models(ws, models, judge, prompts, limit=limit or 500,
-                          max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                          device=device)
+    out = run_judged(ws, JudgeSettings(tuple(models), judge, tuple(prompts), limit or 500,
+                                       max_new_tokens, temperature, seed, device))
     if as_json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        sys.stdout.write(json.dumps({**out.details, "report": out.artifact.id}, indent=2)
+                         + "\n")
     else:
-        render_judged(report, console)
+        console.print(out.show)
+        console.print(f"report {out.artifact.id} (kind judge-report)", highlight=False)
 
 
 review_app = typer.Typer(help="Human review of sampled outputs: export a blinded page, import "

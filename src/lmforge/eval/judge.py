@@ -168,31 +168,3 @@ def judge_models(ws: Workspace, refs: Sequence[str], judge: str,
             "models": [{"model": m["model"], "mean_reward": float(np.mean(m["scores"])),
                         "ended": m["ended"], "mean_length": m["length"]} for m in models],
             "rows": rows, "examples": examples}
-
-
-def render_judged(report: dict[str, Any], console) -> None:
-    """The win-rate table (each model against the first) and one line per model."""
-    from rich.table import Table
-
-    first = report["models"][0]["model"]
-    table = Table(title=f"win rates against {first}, judged by {report['judge']} on "
-                        f"{report['prompts']} prompts ({', '.join(report['prompt_source'])})",
-                  header_style="bold")
-    kl = "KL" if report["temperature"] > 0 else "log-ratio"
-    for col in ("model", "win rate", "95% CI", "W/T/L", "Δ reward", kl, "verdict"):
-        table.add_column(col, justify="left" if col in ("model", "verdict") else "right",
-                         no_wrap=col in ("model", "95% CI"))
-    for r in report["rows"]:
-        verdict = "better" if r["beats"] else "worse" if r["loses_to"] else "no difference"
-        table.add_row(r["model"], f"{r['win_rate']:.3f}",
-                      f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
-                      f"{r['wins']}/{r['ties']}/{r['losses']}", f"{r['mean_reward_delta']:+.3f}",
-                      f"{r['kl']:.2f}" if "kl" in r else "-", verdict,
-                      style={"better": "green", "worse": "red"}.get(verdict))
-    console.print(table)
-    for m in report["models"]:
-        console.print(f"  {m['model']}: mean reward {m['mean_reward']:.3f}, "
-                      f"{m['ended']:.0%} answers ended, {m['mean_length']:.1f} tokens",
-                      highlight=False)
-    console.print(f"[dim]ties count half; {kl}: {report['kl_kind']} (log p_model - log "
-                  f"p_{first}, summed over the answer, mean over prompts)[/]", highlight=False)

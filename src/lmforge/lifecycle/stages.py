@@ -29,6 +29,8 @@ from lmforge.data.stage import (
 )
 from lmforge.design.stage import DesignSettings
 from lmforge.design.stage import run as run_design
+from lmforge.eval.judge_stage import JudgeSettings
+from lmforge.eval.judge_stage import run as run_judge
 from lmforge.eval.stage import EvalStageSettings
 from lmforge.eval.stage import run as run_eval
 from lmforge.lifecycle.compare import CompareSettings
@@ -83,4 +85,5 @@ STAGES: dict[str, Callable[[Context, str, dict[str, Any]], StepOutput]] = {
     "finetune": seam(FinetuneSettings, run_finetune),
     "eval": seam(EvalStageSettings, run_eval),
     "compare": seam(CompareSettings, run_compare),
+    "judge": seam(JudgeSettings, run_judge),
 }
