@@ -113,3 +113,37 @@ def test_a_real_reward_model_judges_and_bad_requests_are_refused(cli, tok, tmp_p
     one_clean_error(code, err, "needs two models or more")
     code, _, err = cli("eval", a, "--judge", rm)
     one_clean_error(code, err, "are for `eval compare`")
+
+
+def test_prompts_too_long_for_the_context_are_left_out_and_counted(cli, tok, tmp_path):
+    a = register_model(cli.workspace, tiny(tok), tok, name="a")
+    b = register_model(cli.workspace, tiny(tok, seed=1), tok, name="b")
+    rm = register_reward_model(cli.workspace, tiny(tok, seed=2), tok)
+    long = "What is a cat? " * 40  # far beyond the 64-token context
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"text": q}) + "\n" for q in
+                               ("What is a cat?", long, "What is a dog?", long + "x", "Hi?")))
+    code, out, err = cli("eval", "compare", a, b, "--judge", rm, "--prompts", prompts,
+                         "--max-new-tokens", "4", "--device", "cpu", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    # Both models answered the same three prompts; the two long ones are counted, not asked.
+    assert report["prompts"] == 3 and report["left_out_too_long"] == 2
+    assert report["examples"][0]["prompt"] == "What is a cat?"
+    only_long = tmp_path / "long.jsonl"
+    only_long.write_text(json.dumps({"text": long}) + "\n")
+    code, _, err = cli("eval", "compare", a, b, "--judge", rm, "--prompts", only_long,
+                       "--device", "cpu")
+    one_clean_error(code, err, "none of the 1 prompts leaves room")
+
+
+def test_a_recipe_judge_step_reads_its_fallback_when_its_files_are_absent(tmp_path):
+    from lmforge.eval.judge_stage import JudgeSettings
+
+    s = JudgeSettings.from_dict({"models": ["a", "b"], "judge": "rm",
+                                 "prompts": ["data/p.jsonl"], "fallback": "hf:org/set:test"},
+                                "step 'judge'", tmp_path)
+    assert s.prompts == (str(tmp_path / "data/p.jsonl"),) and s.fallback == ("hf:org/set:test",)
+    with pytest.raises(Exception, match="unknown setting"):
+        JudgeSettings.from_dict({"models": ["a"], "judge": "rm", "prompt": "x"}, "step 'j'",
+                                tmp_path)

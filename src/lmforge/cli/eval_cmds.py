@@ -126,8 +126,9 @@ def _judged(ws, models: list[str], judge: str, prompts: list[str], limit: int | 
     from lmforge.eval.judge_stage import JudgeSettings
     from lmforge.eval.judge_stage import run as run_judged
 
-    out = run_judged(ws, JudgeSettings(tuple(models), judge, tuple(prompts), limit or 500,
-                                       max_new_tokens, temperature, seed, device))
+    out = run_judged(ws, JudgeSettings(tuple(models), judge, tuple(prompts), limit=limit or 500,
+                                       max_new_tokens=max_new_tokens, temperature=temperature,
+                                       seed=seed, device=device))
     if as_json:
         sys.stdout.write(json.dumps({**out.details, "report": out.artifact.id}, indent=2)
                          + "\n")

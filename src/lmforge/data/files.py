@@ -27,6 +27,21 @@ from lmforge.data.readers import (
 from lmforge.errors import LmforgeError
 
 _PACKED = (".gz", ".zst")
+
+
+def absent_local(ref: str) -> bool:
+    """True for a reference that names local files (a path, a file name, a glob) none of which
+    exists: a recipe's cue to read its `fallback` (the same data's public source) instead."""
+    looks_local = "/" in ref or Path(ref).suffix in (".jsonl", ".json", ".txt", ".gz")
+    return looks_local and not ref.startswith("hf:") and not Path(ref).exists() \
+        and not glob.glob(ref)
+
+
+def with_fallback(refs: list[str], fallback: list[str]) -> tuple[list[str], str | None]:
+    """`refs`, or `fallback` when every one of `refs` is absent_local, with a note saying so."""
+    if fallback and refs and all(absent_local(r) for r in refs):
+        return list(fallback), f"{', '.join(refs)} absent; read its fallback {', '.join(fallback)}"
+    return list(refs), None
 TEXT_SUFFIXES = tuple(s + z for s in (".txt", ".md") for z in ("", *_PACKED))
 JSONL_SUFFIXES = tuple(".jsonl" + z for z in ("", *_PACKED))
 PARQUET_SUFFIXES = (".parquet",)

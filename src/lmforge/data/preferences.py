@@ -42,7 +42,7 @@ from lmforge.errors import LmforgeError
 from lmforge.tokenizer import Tokenizer
 
 __all__ = ["BUILTIN_PREFS", "PAIR_SHAPES_HINT", "PairReport", "PreferencePair", "encode_pair",
-           "load_pairs", "pair_from_record", "split_pairs"]
+           "load_pairs", "pair_from_record", "pair_prompt", "split_pairs"]
 
 BUILTIN_PREFS = ("pydocs-prefs", "pydocs-prefs:heldout")
 PAIR_SHAPES_HINT = (
@@ -207,6 +207,19 @@ def _record_pair(rec: Any) -> tuple[list[dict], str, str]:
             raise _Skip("hh-empty-answer")
         return prompt, c, r
     raise _Bad("missing field 'prompt' (and 'chosen' is not an HH transcript)")
+
+
+def pair_prompt(rec: dict) -> list[dict] | None:
+    """The prompt of a preference record (an HH transcript pair included), for prompt lists
+    (a tie's prompt is a prompt like any other); None where the record has no usable prompt
+    (HH transcripts that part inside a person's turn, or end in an empty reply). A bad record
+    raises ValueError saying what is wrong."""
+    try:
+        return _record_pair(rec)[0]
+    except _Skip:
+        return None
+    except _Bad as e:
+        raise ValueError(str(e)) from None
 
 
 def pair_from_record(rec: Any, where: str, report: PairReport | None = None

@@ -5,6 +5,10 @@ A prompt is a list of OpenAI messages ending with a user turn. Files are JSON Li
   {"messages": [...]}              a conversation: its messages before the first assistant turn
   {"prompt": "text" | [messages]}  (a preference file's records work as they are)
   {"text": "..."}                  one user turn
+  {"chosen": ..., "rejected": ...} a preference pair without a prompt field (Anthropic HH
+                                   transcripts, TRL's implicit prompt): the turns the two
+                                   share; a pair that teaches nothing (a tie) is left out
+`hf:NAME[:SPLIT][START:STOP]` reads the same shapes from a Hugging Face dataset (streamed).
 Built-in sets: "pydocs-chat" (the user questions of the built-in SFT conversations, without
 tools) and "pydocs-chat:heldout" (the same for the held-out names and conversations).
 The first bad record stops the load with one error naming `file:line`; duplicates are kept
@@ -21,12 +25,14 @@ from typing import Any
 
 from lmforge.chat_format import validate_messages
 from lmforge.data.documents import make_reporter
+from lmforge.data.hub import is_hub_spec, parse_spec
 from lmforge.data.readers import ReadProblem, json_records
 from lmforge.errors import LmforgeError
 
 BUILTIN_PROMPTS = ("pydocs-chat", "pydocs-chat:heldout")
 PROMPT_SHAPES_HINT = ('a prompt record is {"messages": [...]}, {"prompt": "text" or '
-                      '[messages ending with a user turn]} or {"text": "..."}')
+                      '[messages ending with a user turn]}, {"text": "..."} or a preference '
+                      'pair (an Anthropic HH {"chosen", "rejected"} record)')
 _SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 
 
@@ -38,7 +44,7 @@ def prompt_of(messages: list[dict]) -> list[dict] | None:
     return head if head and head[-1].get("role") == "user" else None
 
 
-def _record_prompt(rec: Any) -> list[dict]:
+def _record_prompt(rec: Any) -> list[dict] | None:
     if not isinstance(rec, dict):
         raise ValueError(f"a record must be an object, not {type(rec).__name__}")
     for key in ("messages", "prompt", "text"):
@@ -57,7 +63,11 @@ def _record_prompt(rec: Any) -> list[dict]:
         if prompt is None:
             raise ValueError(f"'{key}' has no user turn before its first answer")
         return [{k: v for k, v in m.items() if k in ("role", "content")} for m in prompt]
-    raise ValueError("no 'messages', 'prompt' or 'text' field")
+    if "chosen" in rec and "rejected" in rec:
+        from lmforge.data.preferences import pair_prompt
+
+        return pair_prompt(rec)
+    raise ValueError("no 'messages', 'prompt', 'text' or 'chosen'/'rejected' field")
 
 
 def _files(ref: str) -> list[Path]:
@@ -80,15 +90,40 @@ def _file_prompts(path: Path) -> list[list[dict]]:
     try:
         for line, rec in json_records(path, make_reporter(path, "", None)):
             try:
-                out.append(_record_prompt(rec))
+                prompt = _record_prompt(rec)
             except ValueError as e:
                 raise LmforgeError(f"{path}:{line}: {e}", hint=PROMPT_SHAPES_HINT) from None
+            if prompt is not None:
+                out.append(prompt)
     except ReadProblem as p:
         raise LmforgeError(f"{path}: {p.reason}", hint=p.hint) from None
     except OSError as e:
         raise LmforgeError(f"{path}: cannot read ({e.strerror or e})") from None
     if not out:
         raise LmforgeError(f"{path}: no prompts", hint=PROMPT_SHAPES_HINT)
+    return out
+
+
+def _hub_prompts(spec: str) -> list[list[dict]]:
+    import itertools
+
+    from lmforge.data.hub import _load, parse_spec
+
+    hub = parse_spec(spec)
+    out = []
+    for row, rec in itertools.islice(enumerate(_load(hub.name, hub.split, hub.config, True)),
+                                     hub.start, hub.stop):
+        if isinstance(rec, dict):  # a column a row lacks is None there
+            rec = {k: v for k, v in rec.items() if v is not None}
+        try:
+            prompt = _record_prompt(rec)
+        except ValueError as e:
+            raise LmforgeError(f"hf:{hub.name}:{hub.split}[{row}]: {e}",
+                               hint=PROMPT_SHAPES_HINT) from None
+        if prompt is not None:
+            out.append(prompt)
+    if not out:
+        raise LmforgeError(f"{spec}: no prompts", hint=PROMPT_SHAPES_HINT)
     return out
 
 
@@ -105,7 +140,8 @@ def builtin_prompts(name: str) -> list[list[dict]]:
 
 
 def load_prompts(refs: Sequence[str | Path] | str | Path) -> list[list[dict]]:
-    """Every distinct prompt of files, folders, globs and the built-in sets, in order."""
+    """Every distinct prompt of files, folders, globs, `hf:` datasets and the built-in sets, in
+    order."""
     if isinstance(refs, (str, Path)):
         refs = [refs]
     if not refs:
@@ -114,12 +150,17 @@ def load_prompts(refs: Sequence[str | Path] | str | Path) -> list[list[dict]]:
     for ref in map(str, refs):  # resolve all first: a typo stops the run before any reading
         if ref in BUILTIN_PROMPTS and not Path(ref).exists():
             inputs.append(("builtin", ref))
+        elif is_hub_spec(ref):
+            parse_spec(ref)
+            inputs.append(("hub", ref))
         else:
             inputs += [("file", p) for p in _files(ref)]
     seen: set[str] = set()
     out: list[list[dict]] = []
     for kind, entry in inputs:
-        for prompt in builtin_prompts(entry) if kind == "builtin" else _file_prompts(entry):
+        found = (builtin_prompts(entry) if kind == "builtin" else
+                 _hub_prompts(entry) if kind == "hub" else _file_prompts(entry))
+        for prompt in found:
             key = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
             if key not in seen:
                 seen.add(key)

@@ -118,12 +118,25 @@ def judge_models(ws: Workspace, refs: Sequence[str], judge: str,
     dev = resolve_device(device)
     rm = load_reward_model(ws, judge, dev)
     sources = list(prompts) or list(DEFAULT_PROMPTS)
-    chats = _spread(load_prompts(sources), limit)
+    chats = load_prompts(sources)
+    too_long = 0
     models: list[dict[str, Any]] = []
     first: dict[str, Any] | None = None
     for ref in refs:
         model, tok, model_id = _load(ws, ref, dev)
         room = model.design.context_length - max_new_tokens
+        if first is None:
+            # Prompts that leave the first model no room for an answer are left out (and
+            # counted) before the spread, so every model answers the same `limit` prompts.
+            fits = [c for c in chats
+                    if len(tok.render_chat(c, add_generation_prompt=True)[0]) <= room]
+            too_long = len(chats) - len(fits)
+            if not fits:
+                raise LmforgeError(f"{model_id}: none of the {len(chats)} prompts leaves room "
+                                   f"for a {max_new_tokens}-token answer in its context of "
+                                   f"{model.design.context_length}",
+                                   hint="lower --max-new-tokens, or give shorter prompts")
+            chats = _spread(fits, limit)
         ids = [tok.render_chat(c, add_generation_prompt=True)[0] for c in chats]
         if any(len(i) > room for i in ids):
             raise LmforgeError(f"{model_id}: a prompt leaves no room for a {max_new_tokens}-"
@@ -162,6 +175,7 @@ def judge_models(ws: Workspace, refs: Sequence[str], judge: str,
                              for m in models}}
                 for i in range(min(3, len(chats)))]
     return {"judge": rm.ref, "prompts": len(chats), "prompt_source": sources,
+            "left_out_too_long": too_long,
             "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
             "confidence": 0.95, "iters": iters,
             "kl_kind": "KL estimate" if temperature > 0 else "log-ratio on greedy answers",

@@ -15,6 +15,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from lmforge.curate.config import resolve_path
 from lmforge.errors import LmforgeError
 from lmforge.registry import Workspace, atomic_write_json
 from lmforge.stage import Outcome, check_keys
@@ -27,6 +28,7 @@ class JudgeSettings:
     models: tuple[str, ...]  # the first is the baseline the others are compared with
     judge: str  # a reward-model artifact
     prompts: tuple[str, ...] = ()  # prompt files; default: the pydocs-chat held-out questions
+    fallback: tuple[str, ...] = ()  # read instead of `prompts` when none of its paths exists
     limit: int = 500
     max_new_tokens: int = 64
     temperature: float = 0.0  # greedy: each model's one best answer
@@ -40,15 +42,16 @@ class JudgeSettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> JudgeSettings:
-        optional = ("prompts", "limit", "max_new_tokens", "temperature", "seed", "device")
+        optional = ("prompts", "fallback", "limit", "max_new_tokens", "temperature", "seed",
+                    "device")
         check_keys(values, where, required=("models", "judge"), optional=optional)
         values = dict(values)
-        for key in ("models", "prompts"):
+        for key in ("models", "prompts", "fallback"):
             listed = values.get(key, ())
             values[key] = tuple(str(v) for v in ([listed] if isinstance(listed, str)
                                                  else listed))
-        values["prompts"] = tuple(p if not Path(p).suffix else str(base_dir / p)
-                                  for p in values["prompts"])
+        for key in ("prompts", "fallback"):
+            values[key] = tuple(resolve_path(p, base_dir) for p in values[key])
         return cls(**values)
 
 
@@ -56,7 +59,10 @@ def summary(report: dict[str, Any]) -> str:
     parts = [f"{r['model']} {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
              + (" better" if r["beats"] else " worse" if r["loses_to"] else "")
              for r in report["rows"]]
-    return f"win rates against {report['models'][0]['model']}: " + ", ".join(parts)
+    left_out = report.get("left_out_too_long", 0)
+    return (f"win rates against {report['models'][0]['model']}: " + ", ".join(parts)
+            + (f" ({left_out} prompts too long for the context left out)" if left_out else "")
+            + "".join(f"; {n}" for n in report.get("notes", [])))
 
 
 def judged_view(report: dict[str, Any]) -> Group:
@@ -85,11 +91,15 @@ def judged_view(report: dict[str, Any]) -> Group:
 
 def run(ws: Workspace, s: JudgeSettings, show_progress: bool = True) -> Outcome:
     """Judge the models and register the report (report.json) on them and the judge."""
+    from lmforge.data.files import with_fallback
     from lmforge.eval.judge import judge_models
 
-    report = judge_models(ws, s.models, s.judge, s.prompts, limit=s.limit,
+    prompts, note = with_fallback(list(s.prompts), list(s.fallback))
+    report = judge_models(ws, s.models, s.judge, prompts, limit=s.limit,
                           max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                           seed=s.seed, device=s.device)
+    if note:
+        report["notes"] = [note]
     ids = [m["model"] for m in report["models"]]
     registered = [i for i in ids if not Path(i).is_dir()]  # a plain folder is no artifact
     parents: dict[str, str | list[str]] = {"judge": report["judge"]}

@@ -15,7 +15,6 @@ in train/reward.py and train/rlhf.py; `run` hands them their settings.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import math
 from collections.abc import Sequence
@@ -172,14 +171,9 @@ def training_settings(values: dict[str, Any], where: str, method: str | None = N
 def data_refs(s: FinetuneSettings) -> tuple[list[str], str | None]:
     """The data to read, and a note when it is the fallback: a recipe names local files
     (../shared/data on our machines) and the same data's public source for a user's clone."""
-    def absent(ref: str) -> bool:
-        looks_local = "/" in ref or Path(ref).suffix in (".jsonl", ".json", ".txt", ".gz")
-        return looks_local and not Path(ref).exists() and not glob.glob(ref)
+    from lmforge.data.files import with_fallback
 
-    if s.fallback and all(absent(r) for r in s.data):
-        return list(s.fallback), (f"{', '.join(s.data)} absent; read its fallback "
-                                  f"{', '.join(s.fallback)}")
-    return list(s.data), None
+    return with_fallback(list(s.data), list(s.fallback))
 
 
 def _listed(value: Any) -> list[str]:
