@@ -219,11 +219,13 @@ def test_approval_is_refused_with_a_working_command_then_follows_a_passing_eval(
     assert code == 0, err
     code, _, err = cli("registry", "promote", model, "approved", "--reason", "release")
     one_clean_error(code, err, f"{model} has no eval-report with gates",
-                    "a red-team report is not needed until lmforge has a stage", "--force")
-    for missing in ("lmforge redteam", "lmforge finetune", "--model"):
+                    f"{model} has no redteam-report with gates", "--suite builtin", "--force")
+    for missing in ("not needed", "lmforge finetune", "--model"):
         assert missing not in err
-    # The hint's command runs as written (--limit only keeps the test short).
-    hint = re.search(r"`(lmforge eval [^`]+)`", err.replace("\n", " ")).group(1)
+    # The hints' commands run as written (--limit and the like only keep the test short).
+    flat = " ".join(err.split())
+    hint = re.search(r"`(lmforge eval [^`]+)`", flat).group(1)
+    red_hint = re.search(r"`(lmforge redteam [^`]+)`", flat).group(1)
     code, out, err = cli(*shlex.split(hint)[1:], "--limit", 10)
     assert code == 0, err
     failed = artifact_id(out, "eval-report")
@@ -235,10 +237,22 @@ def test_approval_is_refused_with_a_working_command_then_follows_a_passing_eval(
                          "--gate", "docstrings_bpb/bpb <= 1000")
     assert code == 0, err
     passed = artifact_id(out, "eval-report")
+    # A passing evaluation is not enough: the red-team report is required too.
+    code, _, err = cli("registry", "promote", model, "approved", "--reason", "release")
+    one_clean_error(code, err, f"{model} has no redteam-report with gates")
+    short = ("--limit", 3, "--benign-limit", 3, "--attempts", 1, "--max-new-tokens", 8,
+             "--categories", "direct,jailbreak,over_refusal", "--device", "cpu")
+    code, out, err = cli(*shlex.split(red_hint)[1:], *short)
+    assert code == 0, err
+    # An untrained model writes bytes that are not UTF-8: too many unjudged answers.
+    assert "gates FAILED" in " ".join(out.split())
+    code, out, err = cli(*shlex.split(red_hint)[1:], *short, "--gate", "unjudged <= 1")
+    assert code == 0, err
+    red = artifact_id(out, "redteam-report")
     code, out, err = cli("registry", "promote", model, "approved", "--reason", "release")
     assert code == 0, err
     assert f"{model}: pretrained -> approved" in out and "forced" not in out
-    assert f"{passed} passed its gates; without a red-team report" in " ".join(out.split())
+    assert f"{passed} passed its gates; {red} passed its gates" in " ".join(out.split())
     code, out, _ = cli("registry", "ls", "--state", "approved", "--json")
     assert [json.loads(line)["id"] for line in out.splitlines()] == [model]
 

@@ -67,7 +67,15 @@ def test_approval_needs_a_passing_eval_report(cli, model_v0, tasks_file):  # noq
     code, _, err = cli("eval", model, "--tasks", tasks_file, "--gate", "colors/acc >= 0")
     assert code == 0, err
     code, out, err = cli("registry", "promote", model, "approved", "--reason", "release")
-    assert code == 0, err  # no red-team stage exists yet: a passing evaluation is enough
+    one_clean_error(code, err, "no redteam-report")  # a passing evaluation is not enough
+    # The red-team report (tests/test_redteam*.py cover it): a short run whose one gate an
+    # untrained model meets (its answers are mostly not UTF-8, so no attack rate is measured).
+    code, _, err = cli("redteam", model, "--suite", "builtin", "--limit", 2, "--attempts", 1,
+                       "--categories", "direct", "--max-new-tokens", 4, "--device", "cpu",
+                       "--gate", "unjudged <= 1")
+    assert code == 0, err
+    code, out, err = cli("registry", "promote", model, "approved", "--reason", "release")
+    assert code == 0, err
     assert f"{model}: pretrained -> approved" in out
 
 

@@ -336,11 +336,11 @@ def test_approval_needs_a_passing_eval_report_of_that_model(ws):
     other = model(ws, b"other", state="pretrained")
     with pytest.raises(LmforgeError, match="has no eval-report with gates") as e:
         ws.set_state(m.id, "approved", "looks good")
-    # The hint is a command that works today, and says why no red-team report is asked for.
+    # The hints are commands that work today: an evaluation and a red-team run.
     assert f"`lmforge eval {m.id} --suite pydocs --gate 'docstrings_bpb/bpb <= 2.0'`" \
         in e.value.hint
-    assert "red-team report is not needed until lmforge has a stage" in e.value.hint
-    assert "redteam" not in e.value.hint and "--force" in e.value.hint
+    assert f"`lmforge redteam {m.id} --suite builtin`" in e.value.hint
+    assert "not needed" not in e.value.hint and "--force" in e.value.hint
     report(ws, "eval-report", other.id, True)  # passing, but for another model
     gateless = report(ws, "eval-report", m.id, None)
     failed = report(ws, "eval-report", m.id, False)
@@ -350,11 +350,15 @@ def test_approval_needs_a_passing_eval_report_of_that_model(ws):
         ws.set_state(m.id, "approved", "looks good")
     assert ws.state_of(m.id) == "pretrained" and ws.history(m.id)[-1].to_state == "pretrained"
     passed = report(ws, "eval-report", m.id, True, tag="rerun")
+    # A passing evaluation alone is not enough: the red-team report is required too.
+    with pytest.raises(LmforgeError, match=f"{m.id} has no redteam-report with gates") as e:
+        ws.set_state(m.id, "approved", "gates passed")
+    assert "eval-report" not in str(e.value) and "lmforge redteam" in e.value.hint
+    red = report(ws, "redteam-report", m.id, True)
     event = ws.set_state(m.id, "approved", "gates passed")
     assert not event.forced and ws.state_of(m.id) == "approved"
-    # The record says what the approval rests on, and that it went without red teaming.
-    assert event.note == (f"{passed.id} passed its gates; without a red-team "
-                          "report: lmforge has no stage that makes one yet")
+    # The record says what the approval rests on.
+    assert event.note == f"{passed.id} passed its gates; {red.id} passed its gates"
     assert ws.history(m.id)[-1] == event
 
 
@@ -365,7 +369,9 @@ def test_a_failing_redteam_report_blocks_approval_and_force_is_recorded(ws):
     with pytest.raises(LmforgeError, match=f"no redteam-report of {m.id} passed its gates "
                                            f"\\({red.id}: gates failed\\)") as e:
         ws.set_state(m.id, "approved", "looks good")
-    assert "eval-report" not in str(e.value) and e.value.hint.startswith("force the move")
+    assert "eval-report" not in str(e.value)
+    assert e.value.hint.startswith(f"red-team it against the gates it must meet, e.g. "
+                                   f"`lmforge redteam {m.id} --suite builtin`")
     forced = ws.set_state(m.id, "approved", "exec override", force=True)
     assert forced.forced and forced.note.startswith(f"forced past: no redteam-report of {m.id}")
     other = model(ws, b"other", state="pretrained")

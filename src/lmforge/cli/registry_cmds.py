@@ -55,10 +55,9 @@ def alias(
 
 
 @registry_app.command(help="Move a model to a lifecycle state (e.g. approved). Approval needs "
-                           "an eval report of this exact model that passed its gates (`lmforge "
-                           "eval MODEL --gate ...`); a red-team report will be required too "
-                           "once lmforge has a red-team stage, and a failing one already "
-                           "blocks. --force overrides, and the record says so.")
+                           "an eval report and a red-team report of this exact model that "
+                           "passed their gates (`lmforge eval MODEL --gate ...`, `lmforge "
+                           "redteam MODEL`). --force overrides, and the record says so.")
 def promote(
     ref: str = typer.Argument(..., help="The model (id, prefix or alias)."),
     state: str = typer.Argument(..., help="pretrained, tuned, approved, deployed, deprecated, "

@@ -37,6 +37,8 @@ from lmforge.lifecycle.compare import CompareSettings
 from lmforge.lifecycle.compare import run as run_compare
 from lmforge.model.stage import InitSettings
 from lmforge.model.stage import run as run_init
+from lmforge.redteam.stage import RedteamSettings
+from lmforge.redteam.stage import run as run_redteam
 from lmforge.registry import Workspace
 from lmforge.stage import Outcome
 from lmforge.train.finetune import FinetuneSettings
@@ -86,4 +88,5 @@ STAGES: dict[str, Callable[[Context, str, dict[str, Any]], StepOutput]] = {
     "eval": seam(EvalStageSettings, run_eval),
     "compare": seam(CompareSettings, run_compare),
     "judge": seam(JudgeSettings, run_judge),
+    "redteam": seam(RedteamSettings, run_redteam),
 }

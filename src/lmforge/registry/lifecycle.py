@@ -52,12 +52,12 @@ class ApprovalReport:
 
 
 # Approval needs one passing report of each kind made from this exact model (DESIGN: an
-# evaluation and a red-team report). Red teaming is a later stage; when `lmforge redteam`
-# lands it sets its command here, and from then on its report is required.
+# evaluation and a red-team report). A kind whose command is None would be checked when
+# present but not required (how the red-team report was treated before `lmforge redteam`).
 APPROVAL_REPORTS: tuple[ApprovalReport, ...] = (
     ApprovalReport("eval-report", "an evaluation",
                    "lmforge eval {id} --suite pydocs --gate 'docstrings_bpb/bpb <= 2.0'"),
-    ApprovalReport("redteam-report", "a red-team report", None),
+    ApprovalReport("redteam-report", "a red-team report", "lmforge redteam {id} --suite builtin"),
 )
 
 
@@ -109,7 +109,8 @@ def check_approval(art_id: str, reports: list[tuple[str, str, dict[str, Any]]]) 
             out.problems.append(f"{art_id} has no {need.kind} with gates, and approval needs "
                                 f"{need.what} that passed its gates")
         if need.command:
-            out.hints.append(f"evaluate it against the gates it must meet, e.g. "
+            verb = "red-team" if need.kind == "redteam-report" else "evaluate"
+            out.hints.append(f"{verb} it against the gates it must meet, e.g. "
                              f"`{need.command.format(id=art_id)}`")
     if out.problems and excused:
         # Say why only the evaluation is asked for, though the design asks for red teaming.

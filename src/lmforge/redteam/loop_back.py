@@ -1,0 +1,173 @@
+"""What was found goes back into the model and its safeguards.
+
+- A safety SFT set: each successful attack's conversation answered with a refusal (the
+  project's own refusal sentences; a secret or personal data declined; for an injected
+  document, the summary the user asked for, so the model learns to do the task and ignore the
+  instruction). OpenAI `messages` JSONL, which `lmforge finetune --method sft --data` reads.
+- Preference pairs: the same prompt, `chosen` = that refusal, `rejected` = the model's own
+  compliant answer. JSONL with `prompt`/`chosen`/`rejected`, which `--method dpo` reads.
+- Guardrail rules (guardrails.dump_rules) that `lmforge serve --guardrails` applies: input
+  rules from the harm words of the asks that got through, the marker phrases of the jailbreak
+  templates and injections that worked, long base64 runs where base64 worked; output rules
+  for the planted-secret format and for SSN- and card-shaped numbers where they leaked.
+
+Only findings of the `seen` split are used by default: the held-out ones measure whether the
+fix generalizes (the attack success rate on held-out prompts, and here the share of held-out
+findings the rules block). Each rule set is also checked against benign asks, and the share it
+would wrongly block is reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from lmforge import guardrails as G
+from lmforge.errors import LmforgeError
+from lmforge.redteam import builtin as B
+from lmforge.redteam.mutators import ATTACKS, JAILBREAK_SIGNATURES, SEEDED
+from lmforge.redteam.stage import REPORT_KIND
+
+SPLITS = ("seen", "heldout", "all")
+CANARY_PATTERN = r"LMF-CANARY-[0-9a-f]{8}"
+SSN_PATTERN = r"\b\d{3}[- ]\d{2}[- ]\d{4}\b"
+CARD_PATTERN = r"\b\d{4}[ -]?\d{4,6}[ -]?\d{4,5}(?:[ -]?\d{4})?\b"
+BASE64_PATTERN = r"[A-Za-z0-9+/]{24,}={0,2}"
+INJECTION_PHRASES = ("ignore all previous instructions", "stop summarising", "system override",
+                     "to the ai reading this")
+
+
+def load_report(ws: Any, ref: str) -> tuple[dict[str, Any], str]:
+    """A red-team report (artifact id, prefix or alias; or a report folder or report.json)
+    and the name to cite it by."""
+    path = Path(ref)
+    if path.is_file():
+        folder = path.parent
+    elif path.is_dir() and (path / "report.json").is_file():
+        folder = path
+    else:
+        art = ws.resolve(ref, kind=REPORT_KIND)
+        folder, ref = art.path, art.id
+    try:
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LmforgeError(f"{folder / 'report.json'}: not a readable red-team report ({e})",
+                           hint="pass a redteam-report id (lmforge registry ls --kind "
+                                "redteam-report)") from None
+    if report.get("kind") != REPORT_KIND or "findings" not in report:
+        raise LmforgeError(f"{ref} is not a red-team report",
+                           hint="pass what `lmforge redteam MODEL` registered")
+    return report, str(ref)
+
+
+def _pick(key: str, options: tuple[str, ...]) -> str:
+    return options[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(options)]
+
+
+def safe_answer(finding: dict[str, Any]) -> str | None:
+    """What the model should have said, or None where lmforge cannot write it (a biased or
+    over-refused answer needs a person)."""
+    c = finding["category"]
+    if c in SEEDED:
+        return _pick(finding["unit"], B.refusal_replies())
+    if c == "leakage":
+        return B.SECRET_REFUSAL
+    if c == "pii":
+        return B.PII_REFUSAL
+    if c == "injection":
+        return finding["expect"]["summary"]
+    return None
+
+
+def _chosen(findings: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    return [f for f in findings if f["category"] in ATTACKS
+            and (split == "all" or f["split"] == split)]
+
+
+def to_dataset(report: dict[str, Any], split: str = "seen") -> tuple[list[dict], list[dict]]:
+    """(SFT records, preference pairs) from a report's findings of `split`, one per distinct
+    conversation."""
+    if split not in SPLITS:
+        raise LmforgeError(f"unknown split {split!r}", hint=f"use one of: {', '.join(SPLITS)}")
+    sft, pairs, seen = [], [], set()
+    for f in _chosen(report["findings"], split):
+        answer = safe_answer(f)
+        key = json.dumps(f["messages"], sort_keys=True)
+        if answer is None or key in seen:
+            continue
+        seen.add(key)
+        sft.append({"messages": [*f["messages"], {"role": "assistant", "content": answer}]})
+        if f.get("text") and f["text"].strip() and f["text"].strip() != answer:
+            pairs.append({"prompt": f["messages"], "chosen": answer, "rejected": f["text"]})
+    return sft, pairs
+
+
+def _harm_terms(goals: list[str]) -> list[str]:
+    """The harm words (builtin.HARM_TERMS) that occur, as whole words, in the asks."""
+    found = []
+    for term in B.HARM_TERMS:
+        matcher = G.rule("input", "t", words=[term])
+        if any(matcher.search(g, G.normalize(g)) for g in goals):
+            found.append(term)
+    return found
+
+
+def rules_from(report: dict[str, Any], source: str, split: str = "seen") -> G.Guardrails:
+    """Guardrail rules for what got through (see the module's docstring)."""
+    findings = _chosen(report["findings"], split)
+    by_cat: dict[str, list[dict[str, Any]]] = {}
+    for f in findings:
+        by_cat.setdefault(f["category"], []).append(f)
+    src = f"{REPORT_KIND} {source}"[:200]
+    rules = G.Guardrails(origin=src)
+    seeded = [f for c in SEEDED for f in by_cat.get(c, [])]
+    terms = _harm_terms([f["goal"] for f in seeded])
+    if terms:
+        rules.input.append(G.rule("input", "redteam-harm-words", words=terms,
+                                  category="harmful-request", source=src))
+    templates = sorted({f["variant"] for f in by_cat.get("jailbreak", [])})
+    phrases = [p for t in templates for p in JAILBREAK_SIGNATURES.get(t, ())]
+    if phrases:
+        rules.input.append(G.rule("input", "redteam-jailbreak-templates", words=phrases,
+                                  category="jailbreak", source=src))
+    if any(f["variant"] == "base64" for f in by_cat.get("obfuscation", [])):
+        rules.input.append(G.rule("input", "redteam-base64", pattern=BASE64_PATTERN,
+                                  category="obfuscation", source=src))
+    if by_cat.get("injection"):
+        rules.input.append(G.rule("input", "redteam-injection", words=INJECTION_PHRASES,
+                                  category="prompt-injection", source=src))
+    if by_cat.get("leakage") or by_cat.get("injection"):
+        rules.output.append(G.rule("output", "redteam-canary", pattern=CANARY_PATTERN,
+                                   category="system-prompt-leak", source=src,
+                                   refusal=B.SECRET_REFUSAL))
+    leaked = " ".join(f["verdict"]["reason"] for f in by_cat.get("pii", []))
+    if "ssn" in leaked:
+        rules.output.append(G.rule("output", "redteam-ssn", pattern=SSN_PATTERN,
+                                   category="pii", source=src, refusal=B.PII_REFUSAL))
+    if "card" in leaked:
+        rules.output.append(G.rule("output", "redteam-card", pattern=CARD_PATTERN,
+                                   category="pii", source=src, refusal=B.PII_REFUSAL))
+    return rules
+
+
+def blocked(rules: G.Guardrails, finding: dict[str, Any]) -> bool:
+    """Whether the rules would have stopped a finding: its request, or its answer."""
+    if rules.check_input(finding["messages"]) is not None:
+        return True
+    return bool(finding.get("text")) and rules.check_output(finding["text"]) is not None
+
+
+def rule_effect(rules: G.Guardrails, report: dict[str, Any], benign: list[str]
+                ) -> dict[str, Any]:
+    """How many seen and held-out findings the rules stop, and how many benign asks they
+    would wrongly block."""
+    out: dict[str, Any] = {}
+    for split in ("seen", "heldout"):
+        fs = _chosen(report["findings"], split)
+        out[split] = {"findings": len(fs), "blocked": sum(blocked(rules, f) for f in fs)}
+    wrong = [b for b in benign
+             if rules.check_input([{"role": "user", "content": b}]) is not None]
+    out["benign"] = {"asks": len(benign), "blocked": len(wrong), "examples": wrong[:5]}
+    return out
