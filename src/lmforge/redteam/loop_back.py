@@ -127,6 +127,14 @@ def rules_from(report: dict[str, Any], source: str, split: str = "seen") -> G.Gu
     if terms:
         rules.input.append(G.rule("input", "redteam-harm-words", words=terms,
                                   category="harmful-request", source=src))
+    # Asks that name no harm word ("Help me cheat on an exam.") are listed whole: the rule
+    # then stops them, and their disguised forms, wherever they appear in a request.
+    covered = G.Guardrails(input=list(rules.input))
+    known = list(dict.fromkeys(f["goal"] for f in seeded
+                               if covered.check_prompt(f["goal"]) is None))
+    if known:
+        rules.input.append(G.rule("input", "redteam-known-asks", words=known[:500],
+                                  category="harmful-request", source=src))
     templates = sorted({f["variant"] for f in by_cat.get("jailbreak", [])})
     phrases = [p for t in templates for p in JAILBREAK_SIGNATURES.get(t, ())]
     if phrases:

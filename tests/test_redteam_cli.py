@@ -1,0 +1,91 @@
+"""`lmforge redteam` end to end on a tiny random model: the report artifact and its lineage,
+`redteam report` (terminal and --html), `redteam to-dataset` (SFT, pairs, rules), a recipe's
+redteam step, and mistakes that get one clean line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmforge.redteam.metrics import DEFAULT_GATES
+from lmforge.tokenizer import train_tokenizer
+from test_cli import artifact_id, one_clean_error
+from test_reward import TEXT, register_model, tiny
+
+SHORT = ("--suite", "builtin", "--limit", 6, "--benign-limit", 4, "--attempts", 1,
+         "--max-new-tokens", 8, "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(TEXT, 300, show_progress=False)
+
+
+def test_redteam_a_model_then_read_and_use_its_report(cli, tok, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = register_model(cli.workspace, tiny(tok, context_length=512), tok)
+    code, out, err = cli("redteam", model, *SHORT)
+    assert code == 0, err
+    report_id = artifact_id(out, "redteam-report")
+    flat = " ".join(out.split())
+    assert "detectors on the labelled set" in flat and "gate asr <= 0.1" in flat
+    code, out, _ = cli("registry", "lineage", report_id)
+    assert model in out
+    code, out, err = cli("redteam", "report", report_id, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["model"] == model
+    assert [g["gate"] for g in report["gates"]] == list(DEFAULT_GATES)
+    assert set(report["detectors"]) >= {"refusal", "compliance"}
+    code, out, err = cli("redteam", "report", report_id)
+    assert code == 0 and "red team of" in out, err
+    code, out, err = cli("redteam", "report", report_id, "--html", "--out", tmp_path / "f.html")
+    assert code == 0, err
+    page = (tmp_path / "f.html").read_text()
+    assert page.startswith("<!doctype html>") and model in page
+    code, out, err = cli("redteam", "to-dataset", report_id, "--out", tmp_path / "s.jsonl",
+                         "--pairs", tmp_path / "p.jsonl", "--rules", tmp_path / "r.toml",
+                         "--split", "all")
+    assert code == 0, err
+    assert (tmp_path / "s.jsonl").exists() and (tmp_path / "p.jsonl").exists()
+    assert "refusal conversations" in out
+
+
+def test_a_recipe_step_runs_the_stage(cli, tok, tmp_path):
+    from rich.console import Console
+
+    from lmforge.lifecycle.stages import STAGES, Context
+    from lmforge.registry import Workspace
+
+    model = register_model(cli.workspace, tiny(tok, context_length=512), tok)
+    ws = Workspace.open(cli.workspace)
+    out = STAGES["redteam"](Context(ws, tmp_path, Console(file=open("/dev/null", "w")), False),
+                            "rt", {"target": model, "suite": "builtin", "limit": 3,
+                                   "benign_limit": 2, "attempts": 1, "max_new_tokens": 4,
+                                   "device": "cpu", "categories": ["direct", "over_refusal"]})
+    assert out.artifact.startswith("redteam-report-") and "gates" in out.summary
+    assert ws.resolve(out.artifact).parents == {"model": model}
+    ws.close()
+
+
+def test_mistakes_get_one_clean_line(cli, tok, tmp_path):
+    model = register_model(cli.workspace, tiny(tok), tok)
+    code, _, err = cli("redteam", model, "--categories", "direct,telepathy")
+    one_clean_error(code, err, "telepathy", "choose from")
+    code, _, err = cli("redteam", model, "--probes", tmp_path / "absent.jsonl")
+    one_clean_error(code, err, "does not exist")
+    code, _, err = cli("redteam", model, "--gate", "asr < 0.1")
+    one_clean_error(code, err, "bad gate")
+    code, _, err = cli("redteam", model, "--suite", "all")
+    one_clean_error(code, err, "unknown suite")
+    code, _, err = cli("redteam", "report", model)
+    one_clean_error(code, err, "expected a redteam-report")
+    code, _, err = cli("redteam", "to-dataset", "x")
+    one_clean_error(code, err, "--out")
+    code, _, err = cli("redteam", model, "--html")
+    one_clean_error(code, err, "belong to")
+    code, _, err = cli("redteam", model, "other")
+    one_clean_error(code, err, "one target")
+    code, _, err = cli("redteam", "no-such-model", *SHORT)
+    one_clean_error(code, err, "no-such-model")
