@@ -79,12 +79,30 @@ def view(report: dict[str, Any]) -> Group:
     d = report["detectors"]
     lines.append(Text("  detectors on the labelled set (precision/recall): " + ", ".join(
         f"{k} {v['precision']:.2f}/{v['recall']:.2f}" for k, v in d.items()), style="dim"))
+    fresh = report.get("detectors_by_part", {}).get("fresh")
+    if fresh:
+        lines.append(Text("  on its fresh part (never tuned on): " + ", ".join(
+            f"{k} {v['precision']:.2f}/{v['recall']:.2f}" for k, v in fresh.items()),
+            style="dim"))
     return Group(table, *lines)
 
 
 def _messages_html(messages: list[dict[str, str]]) -> str:
     return "".join(f"<div class='m {html.escape(m['role'])}'><b>{html.escape(m['role'])}</b>"
                    f"<pre>{html.escape(m['content'])}</pre></div>" for m in messages)
+
+
+def _parts_html(report: dict[str, Any]) -> str:
+    parts = report.get("detectors_by_part") or {}
+    if not parts:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(part)}</td><td>{html.escape(k)}</td><td>{v['n']}</td>"
+                   f"<td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td></tr>"
+                   for part, d in parts.items() for k, v in d.items())
+    return ("<p>By the part of the labelled set: the detectors were tuned on <i>tuning</i>; "
+            "<i>second</i> led to one round of fixes; <i>fresh</i> was scored once.</p>"
+            f"<table><tr><th>part</th><th>detector</th><th>n</th><th>precision</th>"
+            f"<th>recall</th></tr>{rows}</table>")
 
 
 def render_html(report: dict[str, Any], per_category: int = 5) -> str:
@@ -148,6 +166,7 @@ Gates <b>{gate_word}</b>.</p>
 <h2>Detectors on the labelled set</h2>
 <table><tr><th>detector</th><th>n</th><th>precision</th><th>recall</th><th>FPR</th>
 <th>FNR</th></tr>{det}</table>
+{_parts_html(report)}
 <h2>Findings</h2>{''.join(sections) or '<p>None.</p>'}
 <h2>Attempts that could not be judged</h2><p>{sm['unjudged']['attempts']} of
 {sm['unjudged']['of']}.</p><ul>{unjudged}</ul>

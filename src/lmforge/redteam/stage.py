@@ -159,7 +159,8 @@ def attack(ws: Workspace, s: RedteamSettings, show_progress: bool = True
                   "heldout_percent": HELDOUT_PERCENT},
         "settings": _settings(s), "summary": summary, "gates": gates,
         "gates_passed": all(g["passed"] for g in gates),
-        "detectors": labelled.measure(), "findings": findings, "safe_examples": examples,
+        "detectors": labelled.measure(), "detectors_by_part": labelled.measure_parts(),
+        "findings": findings, "safe_examples": examples,
         "unjudged_examples": [r for r in records if r["verdict"]["status"] == "unjudged"][:10],
         "records": records,
     }
