@@ -14,13 +14,14 @@ import pytest
 
 from lmforge.design.spec import ModelDesign
 from lmforge.engine.streams import RequestStream, TokenEvent
+from lmforge.errors import LmforgeError
 from lmforge.guardrails import dump_rules, load_rules
 from lmforge.model.init import initialize
 from lmforge.model.io import save_model_dir
 from lmforge.model.transformer import Transformer
 from lmforge.redteam.loop_back import load_report, rules_from
 from lmforge.redteam.stage import RedteamSettings, run
-from lmforge.redteam.targets import EndpointTarget, parse_reply
+from lmforge.redteam.targets import EndpointTarget, Reply, parse_reply
 from lmforge.registry import Workspace
 from lmforge.tokenizer import train_tokenizer
 from serve_helpers import TEXT, free_port, live_server, make_state
@@ -186,3 +187,69 @@ def test_an_unreachable_endpoint_ends_quickly_with_every_attempt_unjudged(tmp_pa
     assert any("cannot connect" in k for k in u["reasons"])
     assert any("not sent" in k for k in u["reasons"])
     ws.close()
+
+
+class JudgeHandler(BaseHTTPRequestHandler):
+    """A judge model: HARMFUL when the response has steps, REFUSED when it says "can't",
+    and a word outside the rubric when the request mentions a signature (a judge failure)."""
+
+    def log_message(self, *args) -> None: ...
+
+    def do_GET(self):
+        self._send({"object": "list", "data": [{"id": "judge-model"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert body["messages"][0]["role"] == "system" and "HARMFUL" in body["messages"][0][
+            "content"]
+        text = body["messages"][-1]["content"]
+        response = text.split("Response:\n", 1)[1]
+        word = ("MAYBE" if "signature" in text else "HARMFUL" if "Step" in response
+                else "REFUSED")
+        self._send({"choices": [{"message": {"role": "assistant", "content": word}}]})
+
+    def _send(self, obj) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_an_llm_judge_replaces_the_detector_on_harmful_asks_and_failures_fall_back(
+        tmp_path, monkeypatch):
+    import lmforge.redteam.stage as stage
+    from test_redteam import Scripted
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), JudgeHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # Half the answers have steps but are off-topic, so the text detector calls them safe.
+    answers = iter(["Sure. Step 1: water the plants. Step 2: enjoy the garden.",
+                    "I can't help with that."] * 1000)
+    monkeypatch.setattr(stage, "open_target",
+                        lambda *a, **k: Scripted(lambda m: Reply(next(answers))))
+    ws = Workspace.open(tmp_path / "rt")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        out = run(ws, RedteamSettings("m", suite="builtin", limit=20, attempts=1,
+                                      categories=("direct", "leakage"), judge=url),
+                  show_progress=False)
+    finally:
+        server.shutdown()
+        ws.close()
+    r = out.details
+    j = r["judge"]
+    assert j["model"] == "judge-model" and j["asked"] == 20  # direct only, not leakage
+    attempts = [json.loads(line) for line in
+                (out.artifact.path / "attempts.jsonl").read_text().splitlines()]
+    unsure = [a for a in attempts if a["category"] == "direct" and "signature" in a["goal"]]
+    assert j["failed"] == len(unsure) and all(a["verdict"]["judge"] is None for a in unsure)
+    # Where it judged, it disagreed with the detector on the off-topic answers with steps.
+    assert 0.3 < j["agreement_with_detector"] < 0.7
+    direct = r["summary"]["categories"]["direct"]
+    assert 0.3 < direct["rate"] < 0.7
+    assert all(f["verdict"]["judge"] == "harmful" for f in r["findings"]
+               if f["category"] == "direct")
+    with pytest.raises(LmforgeError, match="not an http"):
+        RedteamSettings("m", judge="gpt-judge")

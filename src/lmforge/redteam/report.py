@@ -79,6 +79,12 @@ def view(report: dict[str, Any]) -> Group:
     d = report["detectors"]
     lines.append(Text("  detectors on the labelled set (precision/recall): " + ", ".join(
         f"{k} {v['precision']:.2f}/{v['recall']:.2f}" for k, v in d.items()), style="dim"))
+    j = report.get("judge")
+    if j:
+        agree = j["agreement_with_detector"]
+        lines.append(Text(f"  judge {j['model']} at {j['url']}: {j['judged']} of {j['asked']} "
+                          f"answers judged ({j['failed']} failed), agreement with the detector "
+                          f"{'-' if agree is None else format(agree, '.3f')}", style="dim"))
     fresh = report.get("detectors_by_part", {}).get("fresh")
     if fresh:
         lines.append(Text("  on its fresh part (never tuned on): " + ", ".join(

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lmforge.errors import LmforgeError
 from lmforge.redteam import labelled
-from lmforge.redteam.detectors import judge
+from lmforge.redteam.detectors import judge as judge_answer
 from lmforge.redteam.metrics import DEFAULT_GATES, check_gates, needs, parse_gate, summarize
 from lmforge.redteam.mutators import CATEGORIES, build_attempts
 from lmforge.redteam.probes import HELDOUT_PERCENT, SUITES, load_seeds
@@ -54,6 +54,8 @@ class RedteamSettings:
     api_key_env: str | None = None  # the name of an environment variable holding the key
     timeout: float = 60.0
     concurrency: int = 4
+    judge: str | None = None  # an OpenAI-compatible endpoint that judges harmful compliance
+    judge_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
@@ -70,6 +72,9 @@ class RedteamSettings:
             raise LmforgeError("benign_limit and temperature must not be negative")
         for g in self.gates:
             parse_gate(g)
+        if self.judge is not None and not is_url(self.judge):
+            raise LmforgeError(f"judge {self.judge!r} is not an http(s):// endpoint",
+                               hint="give an OpenAI-compatible URL, e.g. http://127.0.0.1:8001")
         if self.api_key_env and not os.environ.get(self.api_key_env):
             raise LmforgeError(f"environment variable {self.api_key_env} is not set",
                                hint="export it with the endpoint's API key")
@@ -78,7 +83,8 @@ class RedteamSettings:
     def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> RedteamSettings:
         optional = ("suite", "probes", "categories", "attempts", "limit", "benign_limit",
                     "max_new_tokens", "temperature", "seed", "device", "gates", "data_root",
-                    "endpoint_model", "api_key_env", "timeout", "concurrency")
+                    "endpoint_model", "api_key_env", "timeout", "concurrency", "judge",
+                    "judge_model")
         check_keys(values, where, required=("target",), optional=optional)
         values = dict(values)
         for key in ("probes", "categories", "gates"):
@@ -135,12 +141,21 @@ def attack(ws: Workspace, s: RedteamSettings, show_progress: bool = True
                 replies = target.answer([a.messages for a in chunk], start,
                                         lambda n: bar.advance(task, n))
                 for a, r in zip(chunk, replies):
-                    v = judge(a.category, r.text, r.error, a.goal, a.expect)
+                    v = judge_answer(a.category, r.text, r.error, a.goal, a.expect)
                     records.append({**a.to_json(), "text": _cut(r.text), "error": r.error,
                                     "verdict": v.to_json()})
     finally:
         if hasattr(target, "close"):
             target.close()
+    judged = None
+    if s.judge:
+        from lmforge.redteam.judge import LLMJudge, apply_judge
+
+        llm = LLMJudge(s.judge, s.judge_model, api_key, s.timeout, s.concurrency)
+        try:
+            judged = apply_judge(llm, records)
+        finally:
+            llm.close()
     summary = summarize(records, s.seed)
     gates = check_gates(s.chosen_gates(), summary)
     findings = [r for r in records if r["verdict"]["status"] == "success"]
@@ -157,7 +172,7 @@ def attack(ws: Workspace, s: RedteamSettings, show_progress: bool = True
         "categories_run": list(s.categories), "attempts_per_unit": s.attempts,
         "seeds": {"harmful": len(seeds.harmful), "benign": len(seeds.benign),
                   "heldout_percent": HELDOUT_PERCENT},
-        "settings": _settings(s), "summary": summary, "gates": gates,
+        "settings": _settings(s), "summary": summary, "gates": gates, "judge": judged,
         "gates_passed": all(g["passed"] for g in gates),
         "detectors": labelled.measure(), "detectors_by_part": labelled.measure_parts(),
         "findings": findings, "safe_examples": examples,
@@ -170,7 +185,8 @@ def _settings(s: RedteamSettings) -> dict[str, Any]:
     return {"suite": s.suite, "probes": list(s.probes), "categories": list(s.categories),
             "attempts": s.attempts, "limit": s.limit, "benign_limit": s.benign_limit,
             "max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "seed": s.seed,
-            "gates": list(s.chosen_gates()), "endpoint_model": s.endpoint_model}
+            "gates": list(s.chosen_gates()), "endpoint_model": s.endpoint_model,
+            "judge": s.judge, "judge_model": s.judge_model}
 
 
 def metrics_of(report: dict[str, Any]) -> dict[str, Any]:
