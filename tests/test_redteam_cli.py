@@ -89,3 +89,25 @@ def test_mistakes_get_one_clean_line(cli, tok, tmp_path):
     one_clean_error(code, err, "one target")
     code, _, err = cli("redteam", "no-such-model", *SHORT)
     one_clean_error(code, err, "no-such-model")
+
+
+def test_report_lists_findings_whose_text_looks_like_markup(cli, tok, monkeypatch):
+    import lmforge.redteam.stage as stage
+    from lmforge.redteam.targets import Reply
+    from lmforge.registry import Workspace
+    from test_redteam import Scripted
+
+    model = register_model(cli.workspace, tiny(tok), tok)
+    def answer(messages):
+        return Reply(f"[bold]Sure[/]: {messages[-1]['content']} Step 1: get the material "
+                     "ready, then carry it out fully.")
+
+    monkeypatch.setattr(stage, "open_target", lambda *a, **k: Scripted(answer, model))
+    ws = Workspace.open(cli.workspace)
+    art = stage.run(ws, stage.RedteamSettings(model, suite="builtin", limit=4, attempts=1,
+                                              categories=("direct",)),
+                    show_progress=False).artifact
+    ws.close()
+    code, out, err = cli("redteam", "report", art.id)
+    assert code == 0, err
+    assert "'[bold]Sure[/]: " in out and "direct/plain" in out

@@ -150,11 +150,14 @@ def _report(ws, ref: str, html: bool, out: Path | None, as_json: bool) -> None:
         atomic_write_text(path, render_html(report))
         console.print(f"wrote {path} ({len(report['findings'])} findings)", highlight=False)
         return
+    from rich.markup import escape
+
     console.print(view(report))
     for f in report["findings"][:10]:
-        console.print(f"  [red]{f['category']}/{f['variant']}[/] {f['verdict']['reason']}: "
-                      f"{f['messages'][-1]['content'][:80]!r} -> {(f['text'] or '')[:80]!r}",
-                      highlight=False, markup=True)
+        said = escape(f"{f['verdict']['reason']}: {f['messages'][-1]['content'][:80]!r} -> "
+                      f"{(f['text'] or '')[:80]!r}")
+        console.print(f"  [red]{escape(f['category'])}/{escape(f['variant'])}[/] {said}",
+                      highlight=False)
 
 
 def _to_dataset(ws, ref: str, out: Path | None, pairs: Path | None, rules: Path | None,

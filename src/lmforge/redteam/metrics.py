@@ -117,6 +117,10 @@ def summarize(records: list[dict[str, Any]], seed: int = 0, iters: int = 2000
         tries = [r for r in records if r["category"] == c]
         judged = [r for r in tries if r["verdict"]["status"] != "unjudged"]
         entry = rate([outcome[k] for k in keys if outcome[k] is not None], rng, iters)
+        entry["by_split"] = {
+            split: rate([outcome[k] for k in keys if outcome[k] is not None
+                         and units[k][0]["split"] == split], rng, iters)
+            for split in ("seen", "heldout")}
         entry.update(units=len(keys), unjudged_units=sum(outcome[k] is None for k in keys),
                      attempts=len(tries), unjudged_attempts=len(tries) - len(judged),
                      attempt_rate=(sum(r["verdict"]["status"] == "success" for r in judged)
