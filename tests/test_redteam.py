@@ -198,6 +198,7 @@ class Scripted:
 
     def __init__(self, fn, model_id=None):
         self.fn, self.model_id, self.name = fn, model_id, "scripted"
+        self.weights_sha256 = None
 
     def answer(self, conversations, first_index=0, done=None):
         out = [self.fn(c) for c in conversations]

@@ -35,7 +35,7 @@ def test_redteam_a_model_then_read_and_use_its_report(cli, tok, tmp_path, monkey
     code, out, err = cli("redteam", "report", report_id, "--json")
     assert code == 0, err
     report = json.loads(out)
-    assert report["model"] == model
+    assert report["model"] == model and len(report["weights_sha256"]) == 64
     assert [g["gate"] for g in report["gates"]] == list(DEFAULT_GATES)
     assert set(report["detectors"]) >= {"refusal", "compliance"}
     code, out, err = cli("redteam", "report", report_id)

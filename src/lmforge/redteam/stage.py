@@ -165,7 +165,8 @@ def attack(ws: Workspace, s: RedteamSettings, show_progress: bool = True
             examples[r["category"]].append(r)
     return {
         "kind": REPORT_KIND, "target": s.target,
-        "model": target.model_id, "endpoint": s.target if is_url(s.target) else None,
+        "model": target.model_id, "weights_sha256": target.weights_sha256,
+        "endpoint": s.target if is_url(s.target) else None,
         "served_name": target.name, "suite": s.suite, "probes": list(s.probes),
         "sources": seeds.sources, "absent_sources": seeds.absent,
         "load_problems": seeds.problems[:50], "load_problem_count": len(seeds.problems),

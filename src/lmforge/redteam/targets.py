@@ -48,6 +48,7 @@ class LocalTarget:
 
         self.model, self.tok, self.model_id = _load(ws, ref, resolve_device(device))
         self.name = self.model_id
+        self.weights_sha256 = _weights_sha256(ws, ref, self.model_id)
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.seed, self.batch_size = seed, batch_size
 
@@ -84,6 +85,28 @@ class LocalTarget:
         return [r if r is not None else Reply(None, "no answer") for r in replies]
 
 
+def _weights_sha256(ws: Any, ref: str, model_id: str) -> str | None:
+    """The sha256 of the weights attacked (an artifact's recorded hash, or the folder's file
+    hashed), so the report names the exact weights even outside the registry."""
+    import hashlib
+    from pathlib import Path
+
+    if not Path(ref).is_dir():
+        files = ws.resolve(model_id, verify=False).files
+        for name in ("model.safetensors", "adapter_model.safetensors"):
+            if name in files:
+                return files[name]["sha256"]
+        return None
+    path = Path(ref) / "model.safetensors"
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class EndpointTarget:
     """An OpenAI-compatible server. `model` defaults to the first id of its /v1/models."""
 
@@ -104,6 +127,7 @@ class EndpointTarget:
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
         self.concurrency = concurrency
         self.model_id = None  # no artifact: an endpoint's report has no model parent
+        self.weights_sha256 = None
         self.name = model or self._first_model() or "default"
         self._failures = 0
         self._lock = threading.Lock()
