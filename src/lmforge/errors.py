@@ -1,4 +1,5 @@
-"""The one exception type that reaches the user as a clean message instead of a traceback."""
+"""The exceptions that reach the user as a clean message instead of a traceback: a mistake
+(LmforgeError, exit 2) and a training run stopped by a signal after saving (Interrupted, 130)."""
 
 from __future__ import annotations
 
@@ -16,3 +17,8 @@ class LmforgeError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived during training; a checkpoint was written before leaving, and the
+    same command (or `lmforge run` again) resumes from it."""

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from lmforge import __version__
-from lmforge.errors import LmforgeError
+from lmforge.errors import Interrupted, LmforgeError
 from lmforge.registry import Workspace
 
 console = Console()
@@ -64,6 +64,10 @@ def main() -> None:
         if e.hint:
             err_console.print(f"  [bold]fix:[/] {escape(e.hint)}", highlight=False)
         sys.exit(2)
+    except Interrupted as e:  # a training step inside `lmforge run` (verbs catch their own)
+        err_console.print(f"{escape(str(e))}; run the same command again to resume",
+                          highlight=False)
+        sys.exit(130)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from lmforge.design.estimate import training_flops_per_token
-from lmforge.errors import LmforgeError
+from lmforge.errors import Interrupted, LmforgeError
 from lmforge.model.io import savable_state
 from lmforge.model.transformer import Transformer
 from lmforge.runtime import default_dtype_for, measure_matmul_peak, resolve_device
@@ -45,10 +45,6 @@ class TrainResult:
     seconds: float
     stopped_early: bool
     history: list[dict] = field(default_factory=list)
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; a checkpoint was written before leaving."""
 
 
 def autocast_dtype(s: TrainSettings, device: torch.device) -> torch.dtype | None:
