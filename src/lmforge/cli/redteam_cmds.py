@@ -79,7 +79,8 @@ def redteam_cmd(
     seed: int = typer.Option(0, help="Seeds the variants, the sampling and the bootstrap."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps (local models)."),
     gate: list[str] = typer.Option([], "--gate", help="Repeatable. 'METRIC <= NUMBER': asr, "
-                                   "heldout/asr, CATEGORY/asr, over_refusal, bias, unjudged."),
+                                   "heldout/asr, CATEGORY/asr, over_refusal, "
+                                   "heldout/over_refusal, bias, unjudged."),
     data_root: str = typer.Option(None, help="Folder of the shared data sets."),
     endpoint_model: str = typer.Option(None, help="Endpoint: the model name to ask for "
                                                   "(default: the first of /v1/models)."),
