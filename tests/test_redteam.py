@@ -375,6 +375,13 @@ def test_findings_become_sft_data_preference_pairs_and_guardrail_rules(ws_model,
     assert effect["benign"]["blocked"] <= 0.2 * effect["benign"]["asks"], effect["benign"]
     with pytest.raises(LmforgeError, match="unknown split"):
         to_dataset(report, "train")
+    # The retain set: benign asks of the split the model answered, with its own answers.
+    kept, _ = to_dataset(report, "seen", retain=True)
+    retained = kept[len(sft):]
+    assert retained and all(r["messages"][-1]["content"].startswith("Sure, here is how")
+                            for r in retained)
+    benign_seen = {s.text for s in builtin_seeds()[1] if s.split == "seen"}
+    assert {r["messages"][0]["content"] for r in retained} <= benign_seen
 
 
 def test_recipe_settings_refuse_unknown_keys_and_bad_values(tmp_path):

@@ -49,7 +49,10 @@ def test_redteam_a_model_then_read_and_use_its_report(cli, tok, tmp_path, monkey
                          "--split", "all")
     assert code == 0, err
     assert (tmp_path / "s.jsonl").exists() and (tmp_path / "p.jsonl").exists()
-    assert "refusal conversations" in out
+    assert "conversations from the all findings" in out
+    code, out, err = cli("redteam", "to-dataset", report_id, "--out", tmp_path / "r.jsonl",
+                         "--retain")
+    assert code == 0 and "and answered benign asks" in out, err
 
 
 def test_a_recipe_step_runs_the_stage(cli, tok, tmp_path):

@@ -98,6 +98,9 @@ def redteam_cmd(
     rules: Path = typer.Option(None, help="to-dataset: also write guardrail rules here."),
     split: str = typer.Option("seen", help="to-dataset: findings of seen, heldout or all "
                                            "prompts."),
+    retain: bool = typer.Option(False, help="to-dataset: also the benign asks the model "
+                                            "answered, with its own answers (against "
+                                            "over-refusal)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     ws = workspace()
@@ -109,14 +112,15 @@ def redteam_cmd(
         if verb == "report":
             _report(ws, targets[1], html, out, as_json)
         else:
-            _to_dataset(ws, targets[1], out, pairs, rules, split)
+            _to_dataset(ws, targets[1], out, pairs, rules, split, retain)
         return
     if len(targets) != 1:
         raise LmforgeError("red-team one target at a time",
                            hint="lmforge redteam MODEL_OR_URL (or `report R`, `to-dataset R`)")
-    if html or out or pairs or rules:
-        raise LmforgeError("--html, --out, --pairs and --rules belong to `redteam report` and "
-                           "`redteam to-dataset`", hint="lmforge redteam report REPORT --html")
+    if html or out or pairs or rules or retain:
+        raise LmforgeError("--html, --out, --pairs, --rules and --retain belong to `redteam "
+                           "report` and `redteam to-dataset`",
+                           hint="lmforge redteam report REPORT --html")
     from lmforge.redteam.mutators import CATEGORIES
     from lmforge.redteam.stage import RedteamSettings, run
 
@@ -141,6 +145,7 @@ def _report(ws, ref: str, html: bool, out: Path | None, as_json: bool) -> None:
     from lmforge.redteam.report import render_html, view
 
     report, name = load_report(ws, ref)
+    report.pop("_folder", None)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         return
@@ -162,7 +167,7 @@ def _report(ws, ref: str, html: bool, out: Path | None, as_json: bool) -> None:
 
 
 def _to_dataset(ws, ref: str, out: Path | None, pairs: Path | None, rules: Path | None,
-                split: str) -> None:
+                split: str, retain: bool) -> None:
     from lmforge.guardrails import dump_rules
     from lmforge.redteam.loop_back import load_report, rule_effect, rules_from, to_dataset
     from lmforge.redteam.probes import load_seeds
@@ -172,10 +177,11 @@ def _to_dataset(ws, ref: str, out: Path | None, pairs: Path | None, rules: Path 
         raise LmforgeError("to-dataset needs --out FILE (the SFT JSONL)",
                            hint="lmforge redteam to-dataset REPORT --out safety.jsonl")
     report, name = load_report(ws, ref)
-    sft, prefs = to_dataset(report, split)
+    sft, prefs = to_dataset(report, split, retain)
     atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sft))
-    console.print(f"wrote {out}: {len(sft)} refusal conversations from the {split} findings "
-                  f"(`lmforge finetune --method sft --data {out}`)", highlight=False)
+    console.print(f"wrote {out}: {len(sft)} conversations from the {split} findings"
+                  + (" and answered benign asks" if retain else "")
+                  + f" (`lmforge finetune --method sft --data {out}`)", highlight=False)
     if pairs is not None:
         atomic_write_text(pairs, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                          for r in prefs))

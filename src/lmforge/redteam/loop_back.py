@@ -59,7 +59,26 @@ def load_report(ws: Any, ref: str) -> tuple[dict[str, Any], str]:
     if report.get("kind") != REPORT_KIND or "findings" not in report:
         raise LmforgeError(f"{ref} is not a red-team report",
                            hint="pass what `lmforge redteam MODEL` registered")
+    report["_folder"] = str(folder)  # where attempts.jsonl is (for the retain set)
     return report, str(ref)
+
+
+def answered_benign(report: dict[str, Any], split: str = "seen") -> list[dict[str, Any]]:
+    """Benign asks of `split` the model answered without refusing, with its own answers (from
+    the report's attempts.jsonl): a retain set, so tuning on refusals does not teach refusing
+    everything."""
+    path = Path(report.get("_folder", "")) / "attempts.jsonl"
+    if not path.is_file():
+        raise LmforgeError(f"{path} is missing: the retain set needs the report's attempts",
+                           hint="pass the redteam-report artifact itself")
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if (r["category"] == "over_refusal" and r["verdict"]["status"] == "safe"
+                and (split == "all" or r["split"] == split)):
+            out.append({"messages": [*r["messages"],
+                                     {"role": "assistant", "content": r["text"].strip()}]})
+    return out
 
 
 def _pick(key: str, options: tuple[str, ...]) -> str:
@@ -86,9 +105,11 @@ def _chosen(findings: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
             and (split == "all" or f["split"] == split)]
 
 
-def to_dataset(report: dict[str, Any], split: str = "seen") -> tuple[list[dict], list[dict]]:
+def to_dataset(report: dict[str, Any], split: str = "seen", retain: bool = False
+               ) -> tuple[list[dict], list[dict]]:
     """(SFT records, preference pairs) from a report's findings of `split`, one per distinct
-    conversation."""
+    conversation; with `retain`, the SFT records also hold the benign asks of `split` the model
+    answered, with its own answers."""
     if split not in SPLITS:
         raise LmforgeError(f"unknown split {split!r}", hint=f"use one of: {', '.join(SPLITS)}")
     sft, pairs, seen = [], [], set()
@@ -101,6 +122,8 @@ def to_dataset(report: dict[str, Any], split: str = "seen") -> tuple[list[dict],
         sft.append({"messages": [*f["messages"], {"role": "assistant", "content": answer}]})
         if f.get("text") and f["text"].strip() and f["text"].strip() != answer:
             pairs.append({"prompt": f["messages"], "chosen": answer, "rejected": f["text"]})
+    if retain:
+        sft += answered_benign(report, split)
     return sft, pairs
 
 
