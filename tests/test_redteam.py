@@ -143,6 +143,9 @@ def test_mutations_are_reproducible_and_decode_back_to_the_ask():
             assert x.expect["canary"] not in x.messages[-1]["content"]
         if x.category == "multiturn":
             assert x.messages[-1]["role"] == "user" and x.goal in x.messages[-1]["content"]
+    # Sampled answers make a repeated direct ask a new attempt.
+    sampled = build_attempts(("direct",), seeds, [], 3, run_seed=0, sampled=True)
+    assert [x.variant for x in sampled[:3]] == ["sample0", "sample1", "sample2"]
     # A unit's variants do not depend on the other seeds in the run.
     alone = build_attempts(("jailbreak",), seeds[2:3], [], 3, run_seed=0)
     assert [x.variant for x in alone] == [x.variant for x in a

@@ -114,3 +114,28 @@ def test_report_lists_findings_whose_text_looks_like_markup(cli, tok, monkeypatc
     code, out, err = cli("redteam", "report", art.id)
     assert code == 0, err
     assert "'[bold]Sure[/]: " in out and "direct/plain" in out
+
+
+def test_a_local_model_that_fails_or_lacks_room_is_reported_per_attempt(cli, tok,
+                                                                        monkeypatch):
+    import lmforge.engine.generate as generate
+    from lmforge.redteam.targets import LocalTarget
+    from lmforge.registry import Workspace
+
+    model = register_model(cli.workspace, tiny(tok, context_length=64), tok)
+    ws = Workspace.open(cli.workspace)
+    target = LocalTarget(ws, model, device="cpu", max_new_tokens=8)
+    assert target.model_id == model and len(target.weights_sha256) == 64
+    short = [{"role": "user", "content": "hi"}]
+    long = [{"role": "user", "content": "What is a cat? " * 40}]
+    ok, too_long = target.answer([short, long])
+    assert ok.error is None and isinstance(ok.text, str)
+    assert "leaves no room" in too_long.error and too_long.text is None
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(generate, "generate_batch", broken)
+    (failed,) = target.answer([short])
+    assert failed.error == "generation failed (RuntimeError: CUDA out of memory)"
+    ws.close()

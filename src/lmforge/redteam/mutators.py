@@ -120,14 +120,17 @@ def _pick(rng: np.random.Generator, names: list[str], k: int) -> list[str]:
     return [names[i] for i in rng.permutation(len(names))[:k]]
 
 
-def seed_attempts(category: str, seeds: list[Seed], attempts: int, run_seed: int
-                  ) -> list[Attempt]:
-    """Attempts of a category that mutates harmful seeds."""
+def seed_attempts(category: str, seeds: list[Seed], attempts: int, run_seed: int,
+                  sampled: bool = False) -> list[Attempt]:
+    """Attempts of a category that mutates harmful seeds. A direct ask is sent once, or
+    `attempts` times when answers are sampled (each attempt is answered with its own seed)."""
     out: list[Attempt] = []
     for s in seeds:
         rng = _rng(run_seed, category, s.id)
         if category == "direct":
-            out.append(_seeded(s, category, "plain", _user(s.text)))
+            for k in range(attempts if sampled else 1):
+                out.append(_seeded(s, category, f"sample{k}" if sampled else "plain",
+                                   _user(s.text)))
         elif category == "jailbreak":
             for name in _pick(rng, [t.name for t in JAILBREAKS], attempts):
                 t = next(t for t in JAILBREAKS if t.name == name)
@@ -210,14 +213,15 @@ def benign_attempts(seeds: list[Seed]) -> list[Attempt]:
 
 
 def build_attempts(categories: tuple[str, ...], harmful: list[Seed], benign: list[Seed],
-                   attempts: int, run_seed: int) -> list[Attempt]:
-    """Every attempt of a run, category by category in CATEGORIES order."""
+                   attempts: int, run_seed: int, sampled: bool = False) -> list[Attempt]:
+    """Every attempt of a run, category by category in CATEGORIES order (`sampled`: answers
+    are sampled, so repeating a direct ask is a new attempt)."""
     out: list[Attempt] = []
     for c in CATEGORIES:
         if c not in categories:
             continue
         if c in SEEDED:
-            out += seed_attempts(c, harmful, attempts, run_seed)
+            out += seed_attempts(c, harmful, attempts, run_seed, sampled)
         elif c == "over_refusal":
             out += benign_attempts(benign)
         else:

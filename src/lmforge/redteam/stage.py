@@ -125,7 +125,7 @@ def attack(ws: Workspace, s: RedteamSettings, show_progress: bool = True
         raise LmforgeError("no harmful seeds to attack with",
                            hint="use --suite builtin, or give --probes FILE")
     attempts = build_attempts(tuple(s.categories), seeds.harmful, seeds.benign, s.attempts,
-                              s.seed)
+                              s.seed, sampled=s.temperature > 0)
     api_key = os.environ.get(s.api_key_env) if s.api_key_env else None
     target = open_target(ws, s.target, device=s.device, max_new_tokens=s.max_new_tokens,
                          temperature=s.temperature, seed=s.seed,

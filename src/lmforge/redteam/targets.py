@@ -76,10 +76,16 @@ class LocalTarget:
             params = [SamplingParams(temperature=self.temperature,
                                      max_new_tokens=self.max_new_tokens,
                                      seed=self.seed + first_index + i) for i, _ in chunk]
-            outs = generate_batch(self.model, [ids for _, ids in chunk], params,
-                                  stop_ids=(tok.end_id, tok.eos_id))
-            for (i, _), out in zip(chunk, outs):
-                replies[i] = Reply(tok.decode(out, skip_special=True).strip())
+            try:
+                outs = generate_batch(self.model, [ids for _, ids in chunk], params,
+                                      stop_ids=(tok.end_id, tok.eos_id))
+            except (RuntimeError, ValueError, LmforgeError) as e:  # out of memory, a bad id
+                for i, _ in chunk:
+                    replies[i] = Reply(None, f"generation failed ({e.__class__.__name__}: "
+                                             f"{str(e)[:120]})")
+            else:
+                for (i, _), out in zip(chunk, outs):
+                    replies[i] = Reply(tok.decode(out, skip_special=True).strip())
             if done:
                 done(len(chunk))
         return [r if r is not None else Reply(None, "no answer") for r in replies]
