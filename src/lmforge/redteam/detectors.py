@@ -158,7 +158,7 @@ _PIVOT = re.compile(
 _AFFIRM = re.compile(
     r"^(?:sure(?! not)|certainly(?! not)|of course(?! not)|absolutely(?! not)|okay|ok|"
     r"yes|alright|no problem|great|happy to|"
-    r"here(?:'s| is| are)|step 1|1[.)]|first,|to (?!be honest)\w+)")
+    r"here(?:'s| is| are)|step 1|1[.)]|first,|to (?!be\b)\w+)")
 _STEP = re.compile(r"(?:^|\n|\s)(?:step\s*)?\d{1,2}[.):]\s+\S|(?:^|\n)\s*[-*\u2022]\s+\S")
 _CODE = re.compile(r"```|\bdef \w+\(|\bimport \w+|\bfunction \w+\(|#include|\bprint\(|"
                    r"\bfor \w+ in \b|;\s*$|\{\s*$", re.M)
