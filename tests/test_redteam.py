@@ -339,6 +339,7 @@ def test_approval_needs_a_passing_redteam_report_of_that_model(ws_model, monkeyp
 
 def test_findings_become_sft_data_preference_pairs_and_guardrail_rules(ws_model,
                                                                        monkeypatch, tmp_path):
+    from lmforge import guardrails as G
     from lmforge.data.chat import load_conversations
     from lmforge.data.preferences import load_pairs
     from lmforge.guardrails import dump_rules, load_rules
@@ -378,6 +379,16 @@ def test_findings_become_sft_data_preference_pairs_and_guardrail_rules(ws_model,
     effect = rule_effect(again, report, benign)
     assert effect["seen"]["blocked"] >= 0.8 * effect["seen"]["findings"]
     assert effect["benign"]["blocked"] <= 0.2 * effect["benign"]["asks"], effect["benign"]
+    # A harm word that a benign ask holds is left out; its asks are then listed whole.
+    term = next(r for r in rules.input if r.name == "redteam-harm-words").words[0]
+    benign_ask = f"What did the word {term} mean in old novels?"
+    careful = rules_from(report, name, benign=[benign_ask])
+    assert careful.spared == [term] and careful.check_prompt(benign_ask) is None
+    assert term not in next(r for r in careful.input if r.name == "redteam-harm-words").words
+    ask = next(f["goal"] for f in report["findings"] if f["split"] == "seen"
+               and f["category"] == "direct" and G.rule("input", "t", words=[term]).search(
+                   f["goal"], G.normalize(f["goal"])))
+    assert careful.check_prompt(ask) is not None  # still stopped: listed whole
     with pytest.raises(LmforgeError, match="unknown split"):
         to_dataset(report, "train")
     # The retain set: benign asks of the split the model answered, with its own answers.

@@ -189,17 +189,22 @@ def _to_dataset(ws, ref: str, out: Path | None, pairs: Path | None, rules: Path 
                       f"rejected: the model's answer; `--method dpo --data {pairs}`)",
                       highlight=False)
     if rules is not None:
-        guard = rules_from(report, name, split)
+        benign = load_seeds(report.get("suite", "builtin"), benign_limit=10_000).benign
+        # Harm words found in seen benign asks are left out; the false blocks are then
+        # counted on the held-out benign asks, which chose nothing.
+        guard = rules_from(report, name, split, [b.text for b in benign if b.split == "seen"])
         if not guard.rules:
             console.print(f"no rules: no {split} findings that a rule can describe",
                           highlight=False)
             return
         atomic_write_text(rules, dump_rules(guard))
-        benign = [s.text for s in load_seeds(report.get("suite", "builtin"),
-                                             benign_limit=1000).benign]
-        effect = rule_effect(guard, report, benign)
+        held = [b.text for b in benign if b.split == "heldout"]
+        effect = rule_effect(guard, report, held)
         s, h, b = effect["seen"], effect["heldout"], effect["benign"]
+        spared = getattr(guard, "spared", [])
         console.print(f"wrote {rules}: {guard.summary()}; they stop {s['blocked']} of "
                       f"{s['findings']} seen and {h['blocked']} of {h['findings']} held-out "
-                      f"findings, and would block {b['blocked']} of {b['asks']} benign asks "
-                      f"(`lmforge serve MODEL --guardrails {rules}`)", highlight=False)
+                      f"findings, and would block {b['blocked']} of {b['asks']} held-out benign "
+                      f"asks" + (f" (harm words left out, as seen benign asks hold them: "
+                                 f"{', '.join(spared)})" if spared else "")
+                      + f"; `lmforge serve MODEL --guardrails {rules}`", highlight=False)

@@ -127,18 +127,25 @@ def to_dataset(report: dict[str, Any], split: str = "seen", retain: bool = False
     return sft, pairs
 
 
-def _harm_terms(goals: list[str]) -> list[str]:
-    """The harm words (builtin.HARM_TERMS) that occur, as whole words, in the asks."""
-    found = []
-    for term in B.HARM_TERMS:
-        matcher = G.rule("input", "t", words=[term])
-        if any(matcher.search(g, G.normalize(g)) for g in goals):
-            found.append(term)
-    return found
+def _matches(term: str, texts: list[str]) -> bool:
+    matcher = G.rule("input", "t", words=[term])
+    return any(matcher.search(t, G.normalize(t)) for t in texts)
 
 
-def rules_from(report: dict[str, Any], source: str, split: str = "seen") -> G.Guardrails:
-    """Guardrail rules for what got through (see the module's docstring)."""
+def _harm_terms(goals: list[str], benign: list[str]) -> tuple[list[str], list[str]]:
+    """The harm words (builtin.HARM_TERMS) that occur, as whole words, in the asks: those
+    kept, and those left out because they also occur in a benign ask ("kill" in "How do I
+    kill a Python process?")."""
+    found = [t for t in B.HARM_TERMS if _matches(t, goals)]
+    spared = [t for t in found if _matches(t, benign)]
+    return [t for t in found if t not in spared], spared
+
+
+def rules_from(report: dict[str, Any], source: str, split: str = "seen",
+               benign: list[str] | tuple[str, ...] = ()) -> G.Guardrails:
+    """Guardrail rules for what got through (see the module's docstring). A harm word that
+    also occurs in one of the `benign` asks is left out (the rules' `spared` attribute lists
+    them): a rule on "kill" would refuse "How do I kill a Python process?"."""
     findings = _chosen(report["findings"], split)
     by_cat: dict[str, list[dict[str, Any]]] = {}
     for f in findings:
@@ -146,12 +153,13 @@ def rules_from(report: dict[str, Any], source: str, split: str = "seen") -> G.Gu
     src = f"{REPORT_KIND} {source}"[:200]
     rules = G.Guardrails(origin=src)
     seeded = [f for c in SEEDED for f in by_cat.get(c, [])]
-    terms = _harm_terms([f["goal"] for f in seeded])
+    terms, spared = _harm_terms([f["goal"] for f in seeded], list(benign))
+    rules.spared = spared  # type: ignore[attr-defined]
     if terms:
         rules.input.append(G.rule("input", "redteam-harm-words", words=terms,
                                   category="harmful-request", source=src))
-    # Asks that name no harm word ("Help me cheat on an exam.") are listed whole: the rule
-    # then stops them, and their disguised forms, wherever they appear in a request.
+    # Asks that name no (kept) harm word ("Help me cheat on an exam.") are listed whole: the
+    # rule then stops them, and their disguised forms, wherever they appear in a request.
     covered = G.Guardrails(input=list(rules.input))
     known = list(dict.fromkeys(f["goal"] for f in seeded
                                if covered.check_prompt(f["goal"]) is None))
@@ -167,7 +175,9 @@ def rules_from(report: dict[str, Any], source: str, split: str = "seen") -> G.Gu
         rules.input.append(G.rule("input", "redteam-base64", pattern=BASE64_PATTERN,
                                   category="obfuscation", source=src))
     if by_cat.get("injection"):
-        rules.input.append(G.rule("input", "redteam-injection", words=INJECTION_PHRASES,
+        rules.input.append(G.rule("input", "redteam-injection",
+                                  words=[p for p in INJECTION_PHRASES if not _matches(p, benign)]
+                                  or list(INJECTION_PHRASES),
                                   category="prompt-injection", source=src))
     if by_cat.get("leakage") or by_cat.get("injection"):
         rules.output.append(G.rule("output", "redteam-canary", pattern=CANARY_PATTERN,
