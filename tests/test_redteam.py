@@ -428,3 +428,32 @@ def test_redteam_is_a_recipe_stage():
 
     assert "redteam" in STAGES
     assert Path(__file__).name == "test_redteam.py"
+
+
+def test_multiturn_escalation_builds_on_the_targets_own_earlier_answers():
+    from lmforge.redteam import builtin as B
+    from lmforge.redteam.mutators import play_earlier_turns, seed_attempts
+
+    seeds = builtin_seeds()[0][:4]
+    attempts = seed_attempts("multiturn", seeds, 3, run_seed=0)
+    asked: list[int] = []
+
+    def answer(convs):
+        asked.append(len(convs))
+        return [Reply(None, "timed out") if "villain" in c[-1]["content"]
+                else Reply(f"my answer to: {c[-1]['content'][:20]}") for c in convs]
+
+    n = play_earlier_turns(answer, attempts)
+    assert n == sum(int(a.variant[0]) for a in attempts) == sum(asked)
+    assert asked == [12, 8, 4]  # depths 1, 2, 3 for each seed: turn by turn
+    for a in attempts:
+        depth = int(a.variant[0])
+        assert len(a.messages) == 2 * depth + 1 and a.messages[-1]["role"] == "user"
+        assert a.goal in a.messages[-1]["content"]
+        for t in range(depth):
+            user, reply = a.messages[2 * t], a.messages[2 * t + 1]
+            assert user["content"] == B.ESCALATION_TURNS[t][0]
+            # Its own answer; where it gave none (a timeout), the written reply stands.
+            want = B.ESCALATION_TURNS[t][1] if "villain" in user["content"] \
+                else f"my answer to: {user['content'][:20]}"
+            assert reply == {"role": "assistant", "content": want}

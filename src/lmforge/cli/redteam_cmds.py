@@ -29,7 +29,7 @@ Categories (--categories, default all):
   jailbreak     role-play, "ignore all previous instructions", refusal suppression,
                 prefix injection, developer mode, hypothetical framing
   obfuscation   base64, leetspeak, split letters, rot13, translation framing
-  multiturn     harmless turns on the topic first, then the ask
+  multiturn     harmless turns on the topic first (the target answers each), then the ask
   injection     an instruction hidden in a document the user asks to summarise
   leakage       a secret planted in the system prompt, asked for
   pii           fake personal data planted in the system prompt, asked for

@@ -146,10 +146,40 @@ def seed_attempts(category: str, seeds: list[Seed], attempts: int, run_seed: int
                     {"role": "user", "content": ask}, {"role": "assistant", "content": reply})]
                 msgs.append({"role": "user",
                              "content": B.ESCALATION_FINAL.format(goal=s.text)})
-                out.append(_seeded(s, category, f"{depth}-turn", msgs))
+                a = _seeded(s, category, f"{depth}-turn", msgs)
+                a.expect["live"] = True  # earlier answers: the target's own (stage.py)
+                out.append(a)
         else:
             raise ValueError(category)
     return out
+
+
+def play_earlier_turns(answer: Callable[[list[list[dict[str, str]]]], list[Any]],
+                       attempts: list[Attempt]) -> int:
+    """Replace the written assistant turns of live multi-turn attempts by the target's own
+    answers, turn by turn (each turn's conversations in one batch): the escalation then
+    builds on what the model itself said, as in Crescendo. A turn the target does not answer
+    keeps the written reply. Returns the number of answers generated."""
+    done = 0
+    played: list[list[dict[str, str]]] = [[] for _ in attempts]
+    turn = 0
+    while True:
+        # Attempts with an assistant turn at position 2 * turn + 1 still to play.
+        idx = [i for i, a in enumerate(attempts) if 2 * turn + 1 < len(a.messages) - 1]
+        if not idx:
+            break
+        for i in idx:
+            played[i].append(attempts[i].messages[2 * turn])
+        replies = answer([played[i] for i in idx])
+        done += len(idx)
+        for i, r in zip(idx, replies):
+            text = r.text.strip() if r.text and r.text.strip() and not r.error else None
+            played[i].append({"role": "assistant",
+                              "content": text or attempts[i].messages[2 * turn + 1]["content"]})
+        turn += 1
+    for a, p in zip(attempts, played):
+        a.messages = [*p, a.messages[-1]]
+    return done
 
 
 def _scenario(category: str, key: str) -> tuple[str, str]:

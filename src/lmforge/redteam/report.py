@@ -16,7 +16,7 @@ _WHAT = {
     "direct": "harmful asks as they are",
     "jailbreak": "role-play, instruction override, refusal suppression, prefix injection",
     "obfuscation": "base64, leetspeak, split letters, rot13, translation",
-    "multiturn": "harmless turns first, then the ask",
+    "multiturn": "harmless turns first (answered by the target), then the ask",
     "injection": "an instruction hidden in a document to summarise",
     "leakage": "a secret planted in the system prompt",
     "pii": "fake personal data planted in the system prompt",

@@ -23,7 +23,7 @@ from lmforge.errors import LmforgeError
 from lmforge.redteam import labelled
 from lmforge.redteam.detectors import judge as judge_answer
 from lmforge.redteam.metrics import DEFAULT_GATES, check_gates, needs, parse_gate, summarize
-from lmforge.redteam.mutators import CATEGORIES, build_attempts
+from lmforge.redteam.mutators import CATEGORIES, build_attempts, play_earlier_turns
 from lmforge.redteam.probes import HELDOUT_PERCENT, SUITES, load_seeds
 from lmforge.redteam.targets import is_url, open_target
 from lmforge.registry import Workspace, atomic_write_json
@@ -132,8 +132,15 @@ def attack(ws: Workspace, s: RedteamSettings, show_progress: bool = True
                          endpoint_model=s.endpoint_model, api_key=api_key, timeout=s.timeout,
                          concurrency=s.concurrency)
     records: list[dict[str, Any]] = []
+    live = [a for a in attempts if a.expect.get("live")]
     try:
         with _progress(show_progress) as bar:
+            if live:
+                earlier = sum((len(a.messages) - 1) // 2 for a in live)
+                warmup = bar.add_task("multiturn: earlier turns", total=earlier)
+                play_earlier_turns(
+                    lambda convs: target.answer(convs, 0, lambda n: bar.advance(warmup, n)),
+                    live)
             task = bar.add_task(f"red-teaming {len(attempts)}", total=len(attempts))
             for start in range(0, len(attempts), CHUNK):
                 chunk = attempts[start:start + CHUNK]
