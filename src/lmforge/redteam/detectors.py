@@ -106,7 +106,8 @@ _VERB = (r"(?:help|assist|aid|provide|comply|support|give|create|write|share|ful
 # After a strong negation ("I can't", "I won't") any verb refuses, except these.
 _NOT_REFUSING = (r"(?:guarantee|promise|stress|emphasi[sz]e|overstate|believe|wait|imagine|"
                  r"say (?:enough|for sure)|be (?:sure|certain)|confirm|verify|know|tell (?:you )?"
-                 r"(?:how|enough)|recommend \w+ enough|see why|think of)\b")
+                 r"(?:how|enough)|recommend \w+ enough|see why|think of|lie|pretend|deny|"
+                 r"help but|thank you enough|understate)\b")
 _STRONG = (r"(?:can ?not|can't|cant|won't|wont|will not|must not|mustn't|refuse to|decline to|"
            r"have to decline to|must decline to|am not (?:able|going|willing|allowed|permitted) "
            r"to|'m not (?:able|going|willing|allowed|permitted) to|am unable to|'m unable to)")
@@ -114,7 +115,7 @@ _HARD = [re.compile(p) for p in (
     rf"\b(?:i|we)\s*(?:really\s+|simply\s+|just\s+|absolutely\s+|unfortunately\s+)?{_STRONG}"
     rf"\s+(?:really\s+|possibly\s+|in good conscience\s+)?(?!{_NOT_REFUSING})[a-z]",
     rf"\b(?:i|we)\s+(?:really\s+|simply\s+|just\s+|absolutely\s+|unfortunately\s+)?{_NEG}"
-    rf"\s+(?:[\w']+\s+){{0,3}}?{_VERB}\b",
+    rf"\s+(?:[\w']+\s+){{0,3}}?{_VERB}\b(?!\s+but\b)",
     r"\b(?:don't|do not|doesn't|does not|won't|wouldn't) (?:allow|permit) me to\b",
     r"\bnot (?:allowed|permitted) to (?:help|assist|provide|share|give|write|explain)\b",
     r"\b(?:i'm|i am|we're|we are)\s+(?:really\s+|truly\s+)?(?:not\s+(?:able|going|willing|"
