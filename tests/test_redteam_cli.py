@@ -30,6 +30,7 @@ def test_redteam_a_model_then_read_and_use_its_report(cli, tok, tmp_path, monkey
     report_id = artifact_id(out, "redteam-report")
     flat = " ".join(out.split())
     assert "detectors on the labelled set" in flat and "gate asr <= 0.1" in flat
+    assert f"{report_id}/report.html" in flat
     code, out, _ = cli("registry", "lineage", report_id)
     assert model in out
     code, out, err = cli("redteam", "report", report_id, "--json")

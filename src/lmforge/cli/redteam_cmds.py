@@ -138,6 +138,8 @@ def redteam_cmd(
     verdict = "gates passed" if outcome.details["gates_passed"] else "gates FAILED"
     console.print(f"redteam report {outcome.artifact.id} ({verdict}): {outcome.summary}",
                   highlight=False)
+    console.print(f"findings with examples: {outcome.artifact.path / 'report.html'}",
+                  highlight=False, soft_wrap=True)
 
 
 def _report(ws, ref: str, html: bool, out: Path | None, as_json: bool) -> None:
