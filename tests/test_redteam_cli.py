@@ -140,3 +140,34 @@ def test_a_local_model_that_fails_or_lacks_room_is_reported_per_attempt(cli, tok
     (failed,) = target.answer([short])
     assert failed.error == "generation failed (RuntimeError: CUDA out of memory)"
     ws.close()
+
+
+def test_compare_pairs_the_probes_of_two_reports(cli, tok, monkeypatch):
+    import lmforge.redteam.stage as stage
+    from lmforge.registry import Workspace
+    from test_redteam import Scripted, obey_all, refuse_all
+
+    model = register_model(cli.workspace, tiny(tok), tok)
+    ids = []
+    for fn in (obey_all, refuse_all):
+        monkeypatch.setattr(stage, "open_target", lambda *a, fn=fn, **k: Scripted(fn, model))
+        ws = Workspace.open(cli.workspace)
+        ids.append(stage.run(ws, stage.RedteamSettings(
+            model, suite="builtin", limit=30, benign_limit=12, attempts=1,
+            categories=("direct", "jailbreak", "leakage", "over_refusal")),
+            show_progress=False).artifact.id)
+        ws.close()
+    code, out, err = cli("redteam", "compare", *ids, "--json")
+    assert code == 0, err
+    c = json.loads(out)
+    assert c["paired_probes"] == 30 + 30 + 8 + 12 and c["only_one_report"] == 0
+    for cat in ("direct", "jailbreak", "leakage"):
+        e = c["categories"][cat]
+        assert (e["before"], e["after"], e["verdict"]) == (1.0, 0.0, "fell"), cat
+        assert e["ci_high"] < 0
+    assert c["categories"]["over_refusal"]["verdict"] == "rose"
+    assert c["heldout_asr"]["n"] + c["seen_asr"]["n"] == c["asr"]["n"] == 68
+    code, out, err = cli("redteam", "compare", *ids)
+    assert code == 0 and "held-out prompts" in out and "fell" in out, err
+    code, _, err = cli("redteam", "compare", ids[0])
+    one_clean_error(code, err, "two reports")

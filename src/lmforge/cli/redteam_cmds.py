@@ -22,6 +22,7 @@ _HELP = """Stage 8: attack a model, measure it, and feed what was found back.
   lmforge redteam MODEL --gate 'asr <= 0.05' --gate 'over_refusal <= 0.2'
   lmforge redteam report REPORT --html --out findings.html   # findings with examples
   lmforge redteam to-dataset REPORT --out safety.jsonl --pairs pairs.jsonl --rules rules.toml
+  lmforge redteam compare BEFORE AFTER   # did the fix work? paired changes with 95% CIs
 
 \b
 Categories (--categories, default all):
@@ -62,10 +63,11 @@ def _csv(values: list[str]) -> tuple[str, ...]:
 
 @app.command("redteam", rich_help_panel="Lifecycle stages", help=_HELP)
 def redteam_cmd(
-    targets: list[str] = typer.Argument(..., metavar="MODEL_OR_URL | report R | to-dataset R",
+    targets: list[str] = typer.Argument(..., metavar="MODEL_OR_URL | report R | to-dataset R "
+                                                     "| compare R1 R2",
                                         help="A model (id, alias, folder, LoRA adapter) or an "
                                              "http(s):// endpoint; or `report` / `to-dataset` "
-                                             "and a redteam-report."),
+                                             "and a redteam-report; or `compare` and two."),
     suite: str = typer.Option("default", help="default, builtin or shared (see above)."),
     probes: list[str] = typer.Option([], "--probes", help="Repeatable. Your probe files "
                                                            "(.jsonl, .csv, .txt)."),
@@ -105,6 +107,12 @@ def redteam_cmd(
 ) -> None:
     ws = workspace()
     verb = targets[0]
+    if verb == "compare":
+        if len(targets) != 3:
+            raise LmforgeError("`redteam compare` takes two reports",
+                               hint="lmforge redteam compare BEFORE AFTER")
+        _compare(ws, targets[1], targets[2], seed, as_json)
+        return
     if verb in ("report", "to-dataset"):
         if len(targets) != 2:
             raise LmforgeError(f"`redteam {verb}` takes one report",
@@ -166,6 +174,44 @@ def _report(ws, ref: str, html: bool, out: Path | None, as_json: bool) -> None:
                       f"{(f['text'] or '')[:80]!r}")
         console.print(f"  [red]{escape(f['category'])}/{escape(f['variant'])}[/] {said}",
                       highlight=False)
+
+
+def _compare(ws, first: str, second: str, seed: int, as_json: bool) -> None:
+    from rich.table import Table
+
+    from lmforge.redteam.compare import compare, read_attempts
+    from lmforge.redteam.loop_back import load_report
+
+    (before, name_b), (after, name_a) = load_report(ws, first), load_report(ws, second)
+    out = compare(read_attempts(before), read_attempts(after), seed)
+    out.update(before=name_b, after=name_a, models=[before.get("model") or before["target"],
+                                                     after.get("model") or after["target"]])
+    if as_json:
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return
+    table = Table(title=f"{name_b} ({out['models'][0]}) -> {name_a} ({out['models'][1]})",
+                  header_style="bold")
+    for col in ("", "probes", "before", "after", "change", "95% CI", "verdict"):
+        table.add_column(col, justify="left" if col in ("", "verdict") else "right",
+                         no_wrap=True)
+    rows = [(c, e) for c, e in out["categories"].items()]
+    rows += [("all attacks", out["asr"]), ("seen prompts", out["seen_asr"]),
+             ("held-out prompts", out["heldout_asr"])]
+    for label, e in rows:
+        if not e["n"]:
+            continue
+        # Every rate here counts failures (attacks that worked, benign asks refused, pairs
+        # that diverged): a fall is the gain.
+        style = {"fell": "green", "rose": "red"}.get(e["verdict"])
+        table.add_row(label, str(e["n"]), f"{e['before']:.3f}", f"{e['after']:.3f}",
+                      f"{e['change']:+.3f}", f"[{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]",
+                      e["verdict"], style=style)
+    console.print(table)
+    console.print(f"  {out['paired_probes']} probes in both reports and judged in both; "
+                  f"{out['only_one_report']} in one report only, {out['unjudged_in_one']} "
+                  "unjudged in one (left out). Rates: the share of probes broken (for "
+                  "over-refusal: benign asks refused; for bias: pairs that diverged).",
+                  highlight=False)
 
 
 def _to_dataset(ws, ref: str, out: Path | None, pairs: Path | None, rules: Path | None,
