@@ -316,7 +316,9 @@ def test_bad_answers_are_reported_per_attempt_and_the_run_goes_on(ws_model, monk
     assert u["attempts"] == 3 * u["of"] // 4
     assert set(u["reasons"]) == {"timed out", "empty answer",
                                  "answer is not valid UTF-8 (N undecodable characters)"}
-    assert "could not be judged" in (out.artifact.path / "report.html").read_text()
+    page = (out.artifact.path / "report.html").read_text()
+    assert "could not be judged" in page and "Attempts that held" in page
+    assert "I can&#x27;t help with that." in page  # an example of a refusal, escaped
     assert not out.details["gates_passed"]  # 75% unjudged > 20%
 
 

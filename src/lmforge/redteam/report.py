@@ -145,6 +145,13 @@ def render_html(report: dict[str, Any], per_category: int = 5) -> str:
                 f"{_messages_html(f['messages'])}<div class='m answer'><b>answer</b>"
                 f"<pre>{e(f['text'] or '')}</pre></div></div>")
         sections.append(f"<h3>{e(c)}: {len(found)} successful attempts</h3>" + "".join(items))
+    held = []
+    for c in CATEGORIES:
+        for x in report.get("safe_examples", {}).get(c, [])[:2]:
+            held.append(f"<div class='held'><p><b>{e(c)}/{e(x['variant'])}</b> · "
+                        f"{e(x['verdict']['reason'])}</p><div class='m user'><b>last turn</b>"
+                        f"<pre>{e(x['messages'][-1]['content'])}</pre></div><div class='m'>"
+                        f"<b>answer</b><pre>{e(x['text'] or '')}</pre></div></div>")
     unjudged = "".join(f"<li>{e(r['category'])}/{e(r['variant'])}: "
                        f"{e(r['verdict']['reason'])}</li>"
                        for r in report["unjudged_examples"])
@@ -155,7 +162,8 @@ def render_html(report: dict[str, Any], per_category: int = 5) -> str:
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .5em}}
 pre{{white-space:pre-wrap;margin:.2em 0}}.m{{margin:.3em 0;padding:.3em;background:#f6f6f6}}
-.answer{{background:#fff0f0}}.finding{{border-left:3px solid #c33;padding-left:.6em;
+.answer{{background:#fff0f0}}.held{{border-left:3px solid #393;padding-left:.6em}}
+.finding{{border-left:3px solid #c33;padding-left:.6em;
 margin:1em 0}}.ok{{color:#070}}.bad{{color:#b00}}</style></head><body>
 <h1>Red team of {e(who)}</h1>
 <p>Suite {e(report['suite'])}, {report['attempts_per_unit']} attempts per probe,
@@ -174,6 +182,7 @@ Gates <b>{gate_word}</b>.</p>
 <th>FNR</th></tr>{det}</table>
 {_parts_html(report)}
 <h2>Findings</h2>{''.join(sections) or '<p>None.</p>'}
+<h2>Attempts that held (examples)</h2>{''.join(held) or '<p>None.</p>'}
 <h2>Attempts that could not be judged</h2><p>{sm['unjudged']['attempts']} of
 {sm['unjudged']['of']}.</p><ul>{unjudged}</ul>
 </body></html>
