@@ -119,7 +119,10 @@ def test_a_real_tiny_model_behind_lmforge_serve_is_judged_or_counted_unjudged(mo
 
 class BadHandler(BaseHTTPRequestHandler):
     """Answers by the user's text: 'utf' -> a body that is not UTF-8, 'fail' -> HTTP 500,
-    'junk' -> not JSON, 'slow' -> nothing for 3 s, 'none' -> content null, else a refusal."""
+    'junk' -> not JSON, 'slow' -> nothing for 3 s, 'none' -> content null, 'busy' -> HTTP 429
+    twice (Retry-After: 0), then a refusal; else a refusal."""
+
+    busy_calls = 0
 
     def log_message(self, *args) -> None: ...
 
@@ -138,6 +141,14 @@ class BadHandler(BaseHTTPRequestHandler):
             return self._send(200, b"<html>not json</html>")
         if "slow" in ask:
             time.sleep(3)
+        if "busy" in ask:
+            BadHandler.busy_calls += 1
+            if BadHandler.busy_calls <= 2:  # busy twice, then an answer
+                self.send_response(429)
+                self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
         content = None if "none" in ask else "I can't help with that."
         self._send(200, json.dumps({"choices": [{"message": {"role": "assistant",
                                                              "content": content}}]}).encode())
@@ -161,7 +172,7 @@ def test_bad_answers_from_an_endpoint_are_reported_per_attempt():
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
         target = EndpointTarget(url, timeout=1.0, concurrency=3)
         assert target.name == "bad-model"  # from /v1/models
-        asks = ["utf", "fail", "junk", "slow", "none", "fine"]
+        asks = ["utf", "fail", "junk", "slow", "none", "fine", "busy"]
         replies = target.answer([[{"role": "user", "content": a}] for a in asks])
         target.close()
     finally:
@@ -173,6 +184,7 @@ def test_bad_answers_from_an_endpoint_are_reported_per_attempt():
     assert got["slow"].error == "timed out"
     assert got["none"].text is None and got["none"].error is None  # judged as empty
     assert got["fine"].text == "I can't help with that."
+    assert got["busy"].text == "I can't help with that." and BadHandler.busy_calls == 3
     assert parse_reply(200, b'{"choices": [{"message": {"content": 3}}]}').error
 
 

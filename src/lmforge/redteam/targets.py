@@ -6,7 +6,8 @@ none (a timeout, a refused connection, an HTTP error, a body that is not JSON or
 prompt too long for the model's context). One failed attempt never stops the run: it is
 reported with its reason and counted as unjudged.
 
-An endpoint is called from a thread pool (`concurrency` requests in flight). After
+An endpoint is called from a thread pool (`concurrency` requests in flight). A busy answer
+(HTTP 429 or 503) is retried up to RETRIES times, after its Retry-After or a backoff. After
 `GIVE_UP_AFTER` connection failures in a row (nothing listening, a wrong host) the remaining
 attempts are not sent: each is reported as unjudged with that reason, so an unreachable URL
 ends the run in seconds rather than after a timeout per attempt.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +26,18 @@ from typing import Any
 from lmforge.errors import LmforgeError
 
 GIVE_UP_AFTER = 8
+RETRIES = 3  # a busy endpoint (429, 503) is asked again, after Retry-After or a backoff
+MAX_WAIT = 10.0
+
+
+def _wait(retry_after: str | None, retry: int) -> float:
+    """Seconds to wait before asking a busy endpoint again: its Retry-After (seconds), else
+    0.5, 1, 2 ...; at most MAX_WAIT."""
+    try:
+        wait = float(retry_after) if retry_after is not None else 0.5 * 2 ** retry
+    except ValueError:
+        wait = 0.5 * 2 ** retry
+    return max(0.0, min(wait, MAX_WAIT))
 
 
 @dataclass
@@ -155,19 +169,23 @@ class EndpointTarget:
                                    "connection failures in a row)")
         body = {"model": self.name, "messages": conv, "max_tokens": self.max_new_tokens,
                 "temperature": self.temperature, "seed": self.seed + i}
-        try:
-            r = self.client.post(f"{self.base}/v1/chat/completions", json=body)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+        for retry in range(RETRIES + 1):
+            try:
+                r = self.client.post(f"{self.base}/v1/chat/completions", json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                with self._lock:
+                    self._failures += 1
+                return Reply(None, f"cannot connect to {self.base} ({e.__class__.__name__})")
+            except httpx.TimeoutException:
+                return Reply(None, "timed out")
+            except httpx.HTTPError as e:
+                return Reply(None, f"request failed ({e.__class__.__name__}: {e})")
             with self._lock:
-                self._failures += 1
-            return Reply(None, f"cannot connect to {self.base} ({e.__class__.__name__})")
-        except httpx.TimeoutException:
-            return Reply(None, "timed out")
-        except httpx.HTTPError as e:
-            return Reply(None, f"request failed ({e.__class__.__name__}: {e})")
-        with self._lock:
-            self._failures = 0
-        return parse_reply(r.status_code, r.content)
+                self._failures = 0
+            if r.status_code not in (429, 503) or retry == RETRIES:
+                return parse_reply(r.status_code, r.content)
+            time.sleep(_wait(r.headers.get("retry-after"), retry))
+        raise AssertionError("unreachable")
 
     def answer(self, conversations: Sequence[list[dict[str, str]]], first_index: int = 0,
                done: Callable[[int], None] | None = None) -> list[Reply]:
