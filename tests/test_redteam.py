@@ -404,6 +404,17 @@ def test_findings_become_sft_data_preference_pairs_and_guardrail_rules(ws_model,
                             for r in retained)
     benign_seen = {s.text for s in builtin_seeds()[1] if s.split == "seen"}
     assert {r["messages"][0]["content"] for r in retained} <= benign_seen
+    # Balanced: the answered asks repeated in turn to the refusals' count; contrast pairs
+    # (the model's answer chosen over a refusal) for each of them.
+    balanced, with_contrast = to_dataset(report, "seen", benign_ratio=1.0)
+    extra = balanced[len(sft):]
+    assert len(extra) == max(len(retained), len(sft)) and extra[:len(retained)] == retained
+    contrast = with_contrast[len(pairs):]
+    assert [p["prompt"] + [{"role": "assistant", "content": p["chosen"]}]
+            for p in contrast] == [r["messages"] for r in retained]
+    assert all(p["rejected"] in B.refusal_replies() for p in contrast)
+    with pytest.raises(LmforgeError, match="benign ratio"):
+        to_dataset(report, "seen", benign_ratio=-1)
 
 
 def test_recipe_settings_refuse_unknown_keys_and_bad_values(tmp_path):

@@ -54,6 +54,10 @@ def test_redteam_a_model_then_read_and_use_its_report(cli, tok, tmp_path, monkey
     code, out, err = cli("redteam", "to-dataset", report_id, "--out", tmp_path / "r.jsonl",
                          "--retain")
     assert code == 0 and "and answered benign asks" in out, err
+    code, out, err = cli("redteam", "to-dataset", report_id, "--out", tmp_path / "b.jsonl",
+                         "--benign-ratio", 1, "--pairs", tmp_path / "bp.jsonl")
+    assert code == 0 and "repeated to 1x the refusals" in out, err
+    assert "chosen: the answer" in " ".join(out.split())
 
 
 def test_a_recipe_step_runs_the_stage(cli, tok, tmp_path):

@@ -104,6 +104,10 @@ def redteam_cmd(
     retain: bool = typer.Option(False, help="to-dataset: also the benign asks the model "
                                             "answered, with its own answers (against "
                                             "over-refusal)."),
+    benign_ratio: float = typer.Option(None, help="to-dataset: repeat the retained benign "
+                                                  "asks until they are at least this many "
+                                                  "times the refusals (implies --retain; "
+                                                  "1.0: balanced)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     ws = workspace()
@@ -121,14 +125,14 @@ def redteam_cmd(
         if verb == "report":
             _report(ws, targets[1], html, out, as_json)
         else:
-            _to_dataset(ws, targets[1], out, pairs, rules, split, retain)
+            _to_dataset(ws, targets[1], out, pairs, rules, split, retain, benign_ratio)
         return
     if len(targets) != 1:
         raise LmforgeError("red-team one target at a time",
                            hint="lmforge redteam MODEL_OR_URL (or `report R`, `to-dataset R`)")
-    if html or out or pairs or rules or retain:
-        raise LmforgeError("--html, --out, --pairs, --rules and --retain belong to `redteam "
-                           "report` and `redteam to-dataset`",
+    if html or out or pairs or rules or retain or benign_ratio is not None:
+        raise LmforgeError("--html, --out, --pairs, --rules, --retain and --benign-ratio belong "
+                           "to `redteam report` and `redteam to-dataset`",
                            hint="lmforge redteam report REPORT --html")
     from lmforge.redteam.mutators import CATEGORIES
     from lmforge.redteam.stage import RedteamSettings, run
@@ -216,7 +220,7 @@ def _compare(ws, first: str, second: str, seed: int, as_json: bool) -> None:
 
 
 def _to_dataset(ws, ref: str, out: Path | None, pairs: Path | None, rules: Path | None,
-                split: str, retain: bool) -> None:
+                split: str, retain: bool, benign_ratio: float | None = None) -> None:
     from lmforge.guardrails import dump_rules
     from lmforge.redteam.loop_back import load_report, rule_effect, rules_from, to_dataset
     from lmforge.redteam.probes import load_seeds
@@ -226,16 +230,20 @@ def _to_dataset(ws, ref: str, out: Path | None, pairs: Path | None, rules: Path 
         raise LmforgeError("to-dataset needs --out FILE (the SFT JSONL)",
                            hint="lmforge redteam to-dataset REPORT --out safety.jsonl")
     report, name = load_report(ws, ref)
-    sft, prefs = to_dataset(report, split, retain)
+    sft, prefs = to_dataset(report, split, retain, benign_ratio)
+    retain = retain or benign_ratio is not None
     atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sft))
     console.print(f"wrote {out}: {len(sft)} conversations from the {split} findings"
                   + (" and answered benign asks" if retain else "")
+                  + (f" (repeated to {benign_ratio:g}x the refusals)" if benign_ratio else "")
                   + f" (`lmforge finetune --method sft --data {out}`)", highlight=False)
     if pairs is not None:
         atomic_write_text(pairs, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                          for r in prefs))
         console.print(f"wrote {pairs}: {len(prefs)} preference pairs (chosen: the refusal, "
-                      f"rejected: the model's answer; `--method dpo --data {pairs}`)",
+                      f"rejected: the model's answer"
+                      + ("; for answered benign asks, chosen: the answer, rejected: a refusal"
+                         if retain else "") + f"; `--method dpo --data {pairs}`)",
                       highlight=False)
     if rules is not None:
         benign = load_seeds(report.get("suite", "builtin"), benign_limit=10_000).benign

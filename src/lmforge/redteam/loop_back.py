@@ -6,6 +6,9 @@
   instruction). OpenAI `messages` JSONL, which `lmforge finetune --method sft --data` reads.
 - Preference pairs: the same prompt, `chosen` = that refusal, `rejected` = the model's own
   compliant answer. JSONL with `prompt`/`chosen`/`rejected`, which `--method dpo` reads.
+- With `retain`: the benign asks the model answered, with its own answers, in the SFT set
+  (repeated to a chosen ratio to the refusals), and as contrast pairs (its answer chosen over
+  a refusal), so the model learns where refusing stops.
 - Guardrail rules (guardrails.dump_rules) that `lmforge serve --guardrails` applies: input
   rules from the harm words of the asks that got through, the marker phrases of the jailbreak
   templates and injections that worked, long base64 runs where base64 worked; output rules
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +109,22 @@ def _chosen(findings: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
             and (split == "all" or f["split"] == split)]
 
 
-def to_dataset(report: dict[str, Any], split: str = "seen", retain: bool = False
-               ) -> tuple[list[dict], list[dict]]:
+def to_dataset(report: dict[str, Any], split: str = "seen", retain: bool = False,
+               benign_ratio: float | None = None) -> tuple[list[dict], list[dict]]:
     """(SFT records, preference pairs) from a report's findings of `split`, one per distinct
-    conversation; with `retain`, the SFT records also hold the benign asks of `split` the model
-    answered, with its own answers."""
+    conversation.
+
+    With `retain` (or `benign_ratio`), the SFT records also hold the benign asks of `split` the
+    model answered, with its own answers, and the pairs gain contrast pairs: such an ask with
+    the model's answer chosen over a refusal. `benign_ratio` R repeats those answered asks, in
+    turn, until they are at least R times the refusals: refusals alone, or far outnumbering
+    the benign answers, teach a small model "risky words, refuse" (docs/redteam.md measures
+    it); 1.0 gives the two behaviours the same weight."""
     if split not in SPLITS:
         raise LmforgeError(f"unknown split {split!r}", hint=f"use one of: {', '.join(SPLITS)}")
+    if benign_ratio is not None and not benign_ratio >= 0:
+        raise LmforgeError(f"benign ratio must be >= 0, not {benign_ratio}",
+                           hint="1.0: as many benign answers as refusals")
     sft, pairs, seen = [], [], set()
     for f in _chosen(report["findings"], split):
         answer = safe_answer(f)
@@ -122,8 +135,16 @@ def to_dataset(report: dict[str, Any], split: str = "seen", retain: bool = False
         sft.append({"messages": [*f["messages"], {"role": "assistant", "content": answer}]})
         if f.get("text") and f["text"].strip() and f["text"].strip() != answer:
             pairs.append({"prompt": f["messages"], "chosen": answer, "rejected": f["text"]})
-    if retain:
-        sft += answered_benign(report, split)
+    if retain or benign_ratio is not None:
+        kept = answered_benign(report, split)
+        for r in kept:
+            prompt = r["messages"][:-1]
+            pairs.append({"prompt": prompt, "chosen": r["messages"][-1]["content"],
+                          "rejected": _pick(json.dumps(prompt), B.refusal_replies())})
+        if benign_ratio and kept:
+            n = max(len(kept), math.ceil(benign_ratio * len(sft)))
+            kept = [kept[i % len(kept)] for i in range(n)]
+        sft += kept
     return sft, pairs
 
 
