@@ -141,7 +141,25 @@ def test_set_must_name_an_existing_step(recipe_dir):
 def test_builtin_quickstart_recipe_loads():
     recipe = load_recipe("quickstart", [], tuple(STAGES))
     assert [s.stage for s in recipe.steps][:3] == ["corpus", "curate", "tokenizer"]
-    assert recipe.steps[-1].stage == "compare"
+    methods = {s.name: s.params.get("method") for s in recipe.steps if s.stage == "finetune"}
+    assert methods == {"sft": "sft", "reward": "reward", "dpo": "dpo", "rlhf": "rlhf"}
+    judge = recipe.steps[-1]  # it ends by printing the win rates against the SFT model
+    assert judge.stage == "judge" and judge.params["models"][0] == "@sft"
+    assert recipe.description.split(" -> ") == [s.name for s in recipe.steps]
+
+
+def test_a_stopped_training_step_is_one_line_and_exit_130(cli, recipe_dir, monkeypatch):
+    import lmforge.lifecycle.runner as runner
+    from lmforge.errors import Interrupted
+
+    def stopped(ctx, name, params):
+        raise Interrupted("run pretrain-abc: stopped at step 2; checkpoint saved")
+
+    monkeypatch.setitem(runner.STAGES, "pretrain", stopped)
+    code, _, err = cli("run", recipe_dir / "mini_recipe.toml", "--no-progress")
+    assert code == 130 and "Traceback" not in err
+    assert err.strip() == ("run pretrain-abc: stopped at step 2; checkpoint saved; run the same "
+                           "command again to resume")
 
 
 def test_a_separate_validation_step_feeds_tokenize(tmp_path, recipe_dir):

@@ -176,6 +176,15 @@ def test_grpo_raises_a_toy_reward_and_the_kl_penalty_holds_it_near_the_reference
     assert _mean(held, "kl", lambda h: h[-4:]) < _mean(history, "kl", lambda h: h[-4:])
 
 
+def test_rloo_raises_a_toy_reward_without_a_critic(tok, tmp_path, one_thread):
+    # The quickstart's RLHF step runs RLOO: each answer baselined by its group's other answers.
+    history, _ = toy_run(tok, tmp_path, "rloo")
+    assert _mean(history, "reward", lambda h: h[-3:]) > _mean(history, "reward",
+                                                               lambda h: h[:3]) + 0.1
+    assert not any("value_loss" in r for r in history)  # no value head to train
+    assert max(r["kl"] for r in history) < 20
+
+
 def test_ppo_raises_a_toy_reward_with_its_value_head(tok, tmp_path, one_thread):
     history, _ = toy_run(tok, tmp_path, "ppo", steps=12, prompts_per_step=16)
     assert _mean(history, "reward", lambda h: h[-3:]) > _mean(history, "reward",

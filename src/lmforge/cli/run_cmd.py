@@ -15,9 +15,9 @@ from lmforge.lifecycle.stages import STAGES
 @app.command(rich_help_panel="Start here",
              help="Run a recipe's stages in order (default: the built-in quickstart on the "
                   "embedded corpus: corpus, curate, tokenizer, design, init, tokenize, "
-                  "pretrain, eval, samples). Run again, it skips every step whose inputs and "
-                  "settings are unchanged, and resumes an interrupted training step from its "
-                  "checkpoint.")
+                  "pretrain, eval, sft, samples, tools, reward, dpo, rlhf, judge; recipes/ "
+                  "holds more). Run again, it skips every step whose inputs and settings are "
+                  "unchanged, and resumes an interrupted training step from its checkpoint.")
 def run(
     recipe: str = typer.Argument("quickstart",
                                  help="A recipe TOML file, or a built-in recipe name."),
