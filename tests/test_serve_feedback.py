@@ -43,7 +43,11 @@ def test_ratings_and_preferences_are_stored_with_their_answer(folder, tmp_path):
         ).status_code == 200
         with c.stream("POST", "/v1/chat/completions", json={
                 "model": "tiny", "messages": MESSAGES, "max_tokens": 3, "stream": True}) as s:
-            streamed_id = next(line for line in s.iter_lines() if line.startswith("data: {"))
+            # Read to [DONE]: the answer is stored as its stream ends. (Leaving after the first
+            # chunk raced the store against the feedback post on a loaded machine.)
+            lines = [line for line in s.iter_lines() if line]
+        assert lines[-1] == "data: [DONE]"
+        streamed_id = next(line for line in lines if line.startswith("data: {"))
         streamed_id = streamed_id.split('"id": "')[1].split('"')[0]
         assert c.post("/v1/feedback", json={"response_id": streamed_id,
                                             "comment": "ok"}).status_code == 200
