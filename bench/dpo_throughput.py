@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_throughput import OPTIM, installed, peak_rss_mib, rss_mib  # noqa: E402
+from sft_throughput import OPTIM, installed, peak_rss_mib, rss_mib, run_rounds  # noqa: E402
 
 SHARED_HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_rlhf" / \
     "helpful-base" / "test.jsonl.gz"
@@ -416,13 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = prepare(args, work)
         spec_path = work / "spec.json"
         spec_path.write_text(json.dumps(spec))
-        results: dict[str, list[dict]] = {n: [] for n in names}
-        for r in range(args.rounds):
-            k = r % len(names)  # rotate the order so no contender always runs first
-            for name in names[k:] + names[:k]:
-                if not args.json:
-                    print(f"round {r + 1}: {name} ...", file=sys.stderr, flush=True)
-                results[name].append(run_child(name, spec_path))
+        results = run_rounds(names, args.rounds, lambda name: run_child(name, spec_path),
+                             quiet=args.json)
     report = {"torch": torch.__version__, "transformers": installed("transformers"),
               "trl": installed("trl"), "threads": args.threads or torch.get_num_threads(),
               "cpu": cpu_name(), "cores": os.cpu_count(), "rounds": args.rounds,

@@ -411,6 +411,20 @@ def run_child(name: str, spec_path: Path) -> dict:
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
+def run_rounds(names: list[str], rounds: int, run_one, quiet: bool = False
+               ) -> dict[str, list[dict]]:
+    """Every contender `rounds` times, the order rotating each round so that no contender
+    always runs first (or always just after the slowest); a contender's results in run order."""
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            if not quiet:
+                print(f"round {r + 1}: {name} ...", file=sys.stderr, flush=True)
+            results[name].append(run_one(name))
+    return results
+
+
 def installed(package: str) -> str | None:
     """The installed version of a package, or None."""
     from importlib.metadata import PackageNotFoundError, version
@@ -549,13 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = prepare(args, work)
         spec_path = work / "spec.json"
         spec_path.write_text(json.dumps(spec))
-        results: dict[str, list[dict]] = {n: [] for n in names}
-        for r in range(args.rounds):
-            k = r % len(names)  # rotate the order so no contender always runs first
-            for name in names[k:] + names[:k]:
-                if not args.json:
-                    print(f"round {r + 1}: {name} ...", file=sys.stderr, flush=True)
-                results[name].append(run_child(name, spec_path))
+        results = run_rounds(names, args.rounds, lambda name: run_child(name, spec_path),
+                             quiet=args.json)
     report = {"torch": torch.__version__, "transformers": installed("transformers"),
               "trl": installed("trl"), "threads": args.threads or torch.get_num_threads(),
               "cpu": cpu_name(), "cores": os.cpu_count(), "rounds": args.rounds,
