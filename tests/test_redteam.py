@@ -474,3 +474,41 @@ def test_multiturn_escalation_builds_on_the_targets_own_earlier_answers():
             want = B.ESCALATION_TURNS[t][1] if "villain" in user["content"] \
                 else f"my answer to: {user['content'][:20]}"
             assert reply == {"role": "assistant", "content": want}
+
+
+class PrefersCompliance:
+    """Stands in for a reward model that scores eager answers above refusals."""
+    ref = "reward-model-stub"
+
+    def __init__(self, sign=1.0):
+        self.sign = sign
+
+    def score_batch(self, items, batch_size=16):
+        return [self.sign * (1.0 if answer.startswith("Sure") else -1.0) for _, answer in items]
+
+
+@pytest.mark.parametrize(("sign", "broken"), [(1.0, 1.0), (-1.0, 0.0)])
+def test_a_reward_model_judges_compliance_against_a_plain_refusal(ws_model, monkeypatch,
+                                                                  sign, broken):
+    import lmforge.train.reward as reward
+
+    monkeypatch.setattr(reward, "load_reward_model",
+                        lambda ws, ref, device: PrefersCompliance(sign))
+    ws, model = ws_model
+    out = _run(ws, model, obey_all, monkeypatch, categories=("direct",), judge="rm")
+    r = out.details
+    # The detector calls every eager answer compliance; the judge agrees only where the
+    # reward model prefers it to a refusal.
+    assert r["summary"]["categories"]["direct"]["rate"] == broken
+    assert r["judge"]["url"] == "reward-model-stub" and r["judge"]["model"] == "reward model"
+    assert r["judge"]["judged"] == r["judge"]["asked"] > 0
+    assert r["judge"]["agreement_with_detector"] == broken
+
+
+def test_a_judge_that_is_no_reward_model_is_refused_before_attacking(ws_model, monkeypatch):
+    ws, model = ws_model
+    calls = []
+    with pytest.raises(LmforgeError, match="not a reward model"):
+        _run(ws, model, lambda m: calls.append(m) or refuse_all(m), monkeypatch,
+             categories=("direct",), judge=model)
+    assert not calls  # nothing was attacked

@@ -54,7 +54,7 @@ class RedteamSettings:
     api_key_env: str | None = None  # the name of an environment variable holding the key
     timeout: float = 60.0
     concurrency: int = 4
-    judge: str | None = None  # an OpenAI-compatible endpoint that judges harmful compliance
+    judge: str | None = None  # an OpenAI-compatible endpoint, or a reward-model artifact
     judge_model: str | None = None
 
     def __post_init__(self) -> None:
@@ -72,9 +72,6 @@ class RedteamSettings:
             raise LmforgeError("benign_limit and temperature must not be negative")
         for g in self.gates:
             parse_gate(g)
-        if self.judge is not None and not is_url(self.judge):
-            raise LmforgeError(f"judge {self.judge!r} is not an http(s):// endpoint",
-                               hint="give an OpenAI-compatible URL, e.g. http://127.0.0.1:8001")
         if self.api_key_env and not os.environ.get(self.api_key_env):
             raise LmforgeError(f"environment variable {self.api_key_env} is not set",
                                hint="export it with the endpoint's API key")
@@ -127,6 +124,12 @@ def attack(ws: Workspace, s: RedteamSettings, show_progress: bool = True
     attempts = build_attempts(tuple(s.categories), seeds.harmful, seeds.benign, s.attempts,
                               s.seed, sampled=s.temperature > 0)
     api_key = os.environ.get(s.api_key_env) if s.api_key_env else None
+    rm = None
+    if s.judge and not is_url(s.judge):  # a reward model: loaded (and refused) before attacking
+        from lmforge.runtime import resolve_device
+        from lmforge.train.reward import load_reward_model
+
+        rm = load_reward_model(ws, s.judge, resolve_device(s.device))
     target = open_target(ws, s.target, device=s.device, max_new_tokens=s.max_new_tokens,
                          temperature=s.temperature, seed=s.seed,
                          endpoint_model=s.endpoint_model, api_key=api_key, timeout=s.timeout,
@@ -156,9 +159,11 @@ def attack(ws: Workspace, s: RedteamSettings, show_progress: bool = True
             target.close()
     judged = None
     if s.judge:
-        from lmforge.redteam.judge import LLMJudge, apply_judge
+        from lmforge.redteam.judge import LLMJudge, RewardJudge, apply_judge
 
-        llm = LLMJudge(s.judge, s.judge_model, api_key, s.timeout, s.concurrency)
+        llm: LLMJudge | RewardJudge = (
+            RewardJudge(rm) if rm is not None else
+            LLMJudge(s.judge, s.judge_model, api_key, s.timeout, s.concurrency))
         try:
             judged = apply_judge(llm, records)
         finally:
