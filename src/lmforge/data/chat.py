@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import itertools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any
 
 from lmforge.chat_format import ROLES, validate_messages, validate_tools
 from lmforge.data.documents import make_reporter
-from lmforge.data.hub import _load, is_hub_spec, parse_spec
+from lmforge.data.hub import hub_records, is_hub_spec, parse_spec
 from lmforge.data.readers import ReadProblem, json_records
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import Tokenizer
@@ -316,17 +315,9 @@ def _file_conversations(path: Path) -> list[Conversation]:
 
 
 def _hub_conversations(spec: str) -> list[Conversation]:
-    hub = parse_spec(spec)
-    ds = _load(hub.name, hub.split, hub.config, streaming=True)
     out: list[Conversation] = []
-    try:
-        for row, rec in itertools.islice(enumerate(ds), hub.start, hub.stop):
-            # A dataset has one set of columns: a field a row lacks is None there.
-            if isinstance(rec, dict):
-                rec = {k: v for k, v in rec.items() if v is not None}
-            out.extend(conversations_from_record(rec, f"hf:{hub.name}:{hub.split}[{row}]"))
-    except (OSError, ValueError) as e:  # a stream that breaks off, a corrupt data file
-        raise LmforgeError(f"{spec}: reading failed ({type(e).__name__}: {e})") from None
+    for where, rec in hub_records(spec):
+        out.extend(conversations_from_record(rec, where))
     return out
 
 

@@ -95,6 +95,27 @@ def _load(name: str, split: str, config: str | None, streaming: bool) -> Any:
                  "folders can be read") from None
 
 
+def hub_records(spec: str) -> Iterator[tuple[str, Any]]:
+    """(where, record) for the rows [start, stop) of an `hf:` spec, streamed, `where` naming
+    the row. A dataset has one set of columns, so a field a row lacks is None there: it is
+    dropped, and records look like JSONL ones. A stream that breaks off (or a corrupt data
+    file) raises one LmforgeError; errors of the caller's own handling pass through as they are.
+    """
+    hub = parse_spec(spec)
+    rows = itertools.islice(enumerate(_load(hub.name, hub.split, hub.config, streaming=True)),
+                            hub.start, hub.stop)
+    while True:
+        try:
+            row, rec = next(rows)
+        except StopIteration:
+            return
+        except (OSError, ValueError) as e:
+            raise LmforgeError(f"{spec}: reading failed ({type(e).__name__}: {e})") from None
+        if isinstance(rec, dict):
+            rec = {k: v for k, v in rec.items() if v is not None}
+        yield f"hf:{hub.name}:{hub.split}[{row}]", rec
+
+
 def read_hub_dataset(name: str, split: str = "train", text_field: str = "text",
                      config: str | None = None, source: str | None = None,
                      streaming: bool = True, errors: ReadErrors | None = None,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import itertools
 import json
 import re
 from collections import Counter
@@ -36,7 +35,7 @@ from typing import Any
 from lmforge.chat_format import validate_messages
 from lmforge.data.chat import JSON_SUFFIXES, JSONL_SUFFIXES, _json_array
 from lmforge.data.documents import make_reporter
-from lmforge.data.hub import _load, is_hub_spec, parse_spec
+from lmforge.data.hub import hub_records, is_hub_spec, parse_spec
 from lmforge.data.readers import ReadProblem, json_records
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import Tokenizer
@@ -294,18 +293,11 @@ def _file_pairs(path: Path, report: PairReport) -> list[PreferencePair]:
 
 
 def _hub_pairs(spec: str, report: PairReport) -> list[PreferencePair]:
-    hub = parse_spec(spec)
-    ds = _load(hub.name, hub.split, hub.config, streaming=True)
     out = []
-    try:
-        for row, rec in itertools.islice(enumerate(ds), hub.start, hub.stop):
-            if isinstance(rec, dict):  # a column a row lacks is None there
-                rec = {k: v for k, v in rec.items() if v is not None}
-            pair = pair_from_record(rec, f"hf:{hub.name}:{hub.split}[{row}]", report)
-            if pair is not None:
-                out.append(pair)
-    except (OSError, ValueError) as e:
-        raise LmforgeError(f"{spec}: reading failed ({type(e).__name__}: {e})") from None
+    for where, rec in hub_records(spec):
+        pair = pair_from_record(rec, where, report)
+        if pair is not None:
+            out.append(pair)
     return out
 
 

@@ -7,7 +7,8 @@ A prompt is a list of OpenAI messages ending with a user turn. Files are JSON Li
   {"text": "..."}                  one user turn
   {"chosen": ..., "rejected": ...} a preference pair without a prompt field (Anthropic HH
                                    transcripts, TRL's implicit prompt): the turns the two
-                                   share; a pair that teaches nothing (a tie) is left out
+                                   share (a tie's prompt too); a transcript pair with no
+                                   usable prompt is left out
 `hf:NAME[:SPLIT][START:STOP]` reads the same shapes from a Hugging Face dataset (streamed).
 Built-in sets: "pydocs-chat" (the user questions of the built-in SFT conversations, without
 tools) and "pydocs-chat:heldout" (the same for the held-out names and conversations).
@@ -25,7 +26,7 @@ from typing import Any
 
 from lmforge.chat_format import validate_messages
 from lmforge.data.documents import make_reporter
-from lmforge.data.hub import is_hub_spec, parse_spec
+from lmforge.data.hub import hub_records, is_hub_spec, parse_spec
 from lmforge.data.readers import ReadProblem, json_records
 from lmforge.errors import LmforgeError
 
@@ -105,21 +106,12 @@ def _file_prompts(path: Path) -> list[list[dict]]:
 
 
 def _hub_prompts(spec: str) -> list[list[dict]]:
-    import itertools
-
-    from lmforge.data.hub import _load, parse_spec
-
-    hub = parse_spec(spec)
     out = []
-    for row, rec in itertools.islice(enumerate(_load(hub.name, hub.split, hub.config, True)),
-                                     hub.start, hub.stop):
-        if isinstance(rec, dict):  # a column a row lacks is None there
-            rec = {k: v for k, v in rec.items() if v is not None}
+    for where, rec in hub_records(spec):
         try:
             prompt = _record_prompt(rec)
         except ValueError as e:
-            raise LmforgeError(f"hf:{hub.name}:{hub.split}[{row}]: {e}",
-                               hint=PROMPT_SHAPES_HINT) from None
+            raise LmforgeError(f"{where}: {e}", hint=PROMPT_SHAPES_HINT) from None
         if prompt is not None:
             out.append(prompt)
     if not out:
