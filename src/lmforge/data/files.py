@@ -28,6 +28,12 @@ from lmforge.errors import LmforgeError
 
 _PACKED = (".gz", ".zst")
 
+TEXT_SUFFIXES = tuple(s + z for s in (".txt", ".md") for z in ("", *_PACKED))
+JSONL_SUFFIXES = tuple(".jsonl" + z for z in ("", *_PACKED))
+PARQUET_SUFFIXES = (".parquet",)
+DATA_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
+TYPES = ".txt, .md, .jsonl (each also .gz or .zst) or .parquet"
+
 
 def absent_local(ref: str) -> bool:
     """True for a reference that names local files (a path, a file name, a glob) none of which
@@ -42,11 +48,6 @@ def with_fallback(refs: list[str], fallback: list[str]) -> tuple[list[str], str 
     if fallback and refs and all(absent_local(r) for r in refs):
         return list(fallback), f"{', '.join(refs)} absent; read its fallback {', '.join(fallback)}"
     return list(refs), None
-TEXT_SUFFIXES = tuple(s + z for s in (".txt", ".md") for z in ("", *_PACKED))
-JSONL_SUFFIXES = tuple(".jsonl" + z for z in ("", *_PACKED))
-PARQUET_SUFFIXES = (".parquet",)
-DATA_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
-TYPES = ".txt, .md, .jsonl (each also .gz or .zst) or .parquet"
 
 
 @dataclass(frozen=True)

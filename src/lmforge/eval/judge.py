@@ -125,19 +125,18 @@ def judge_models(ws: Workspace, refs: Sequence[str], judge: str,
     for ref in refs:
         model, tok, model_id = _load(ws, ref, dev)
         room = model.design.context_length - max_new_tokens
+        ids = [tok.render_chat(c, add_generation_prompt=True)[0] for c in chats]
         if first is None:
             # Prompts that leave the first model no room for an answer are left out (and
             # counted) before the spread, so every model answers the same `limit` prompts.
-            fits = [c for c in chats
-                    if len(tok.render_chat(c, add_generation_prompt=True)[0]) <= room]
+            fits = [(c, i) for c, i in zip(chats, ids) if len(i) <= room]
             too_long = len(chats) - len(fits)
             if not fits:
                 raise LmforgeError(f"{model_id}: none of the {len(chats)} prompts leaves room "
                                    f"for a {max_new_tokens}-token answer in its context of "
                                    f"{model.design.context_length}",
                                    hint="lower --max-new-tokens, or give shorter prompts")
-            chats = _spread(fits, limit)
-        ids = [tok.render_chat(c, add_generation_prompt=True)[0] for c in chats]
+            chats, ids = (list(x) for x in zip(*_spread(fits, limit)))
         if any(len(i) > room for i in ids):
             raise LmforgeError(f"{model_id}: a prompt leaves no room for a {max_new_tokens}-"
                                f"token answer in its context of {model.design.context_length}",
