@@ -20,10 +20,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from lmforge.design.spec import ModelDesign
@@ -31,7 +29,7 @@ from lmforge.model.init import initialize
 from lmforge.model.io import save_model_dir
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import train_tokenizer
-from serve_helpers import TEXT, free_port
+from serve_helpers import TEXT, free_port, wait_ready
 
 pytestmark = pytest.mark.garak
 
@@ -69,18 +67,8 @@ def serve(tmp: Path) -> tuple[subprocess.Popen, str]:
         env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "serve.log", "w"),
         start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"lmforge serve exited: {(tmp / 'serve.log').read_text()}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    stop(proc)
-    raise AssertionError("lmforge serve never became ready")
+    wait_ready(proc, base, lambda: (tmp / "serve.log").read_text())
+    return proc, base
 
 
 def stop(proc: subprocess.Popen) -> None:

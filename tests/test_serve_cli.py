@@ -9,14 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve_helpers import free_port, tiny_model
+from serve_helpers import free_port, tiny_model, wait_ready
 
 KEY = "sk-cli-test-0123456789"
 
@@ -59,18 +58,8 @@ def start(args: list[str], home: Path) -> tuple[subprocess.Popen, str]:
          "--port", str(port), "--device", "cpu"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited: {proc.communicate()[1]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("the server never became ready")
+    wait_ready(proc, url, lambda: proc.communicate()[1])
+    return proc, url
 
 
 def stop(proc: subprocess.Popen) -> str:
