@@ -86,6 +86,9 @@ def validate(d: ModelDesign) -> None:
 
 # Presets. The small ones fit a laptop CPU; the *-class ones are the shapes GPU users know
 # (GPT-2 124M/350M widths and depths; Llama 3.2 1B: 16 layers, 2048 wide, 32/8 heads, 8192 FFN).
+# llama-1b's shape is the config.json of meta-llama/Llama-3.2-1B on the Hugging Face hub
+# (1,235,814,400 parameters, tied embeddings, rope_theta 500000); its context is a pretraining
+# length, 2048, not the config's 131072 (reached by long-context training after pretraining).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_layers=4, d_model=256, n_heads=4, n_kv_heads=2, vocab_size=4096,
                  context_length=256, tie_embeddings=True),
@@ -102,7 +105,20 @@ PRESETS: dict[str, dict[str, Any]] = {
                      tie_embeddings=True),
 }
 
+# Short names for presets: `--preset 1b` is llama-1b.
+PRESET_ALIASES: dict[str, str] = {"1b": "llama-1b"}
+
 FIELDS = {f.name for f in dataclasses.fields(ModelDesign)}
+
+
+def is_preset(name: str) -> bool:
+    return name in PRESETS or name in PRESET_ALIASES
+
+
+def preset_names() -> str:
+    """The presets for help texts and hints, aliases beside their preset."""
+    aliases = {v: k for k, v in PRESET_ALIASES.items()}
+    return ", ".join(f"{p} ({aliases[p]})" if p in aliases else p for p in PRESETS)
 
 
 def from_dict(values: dict[str, Any], where: str) -> ModelDesign:
@@ -124,9 +140,10 @@ def from_dict(values: dict[str, Any], where: str) -> ModelDesign:
 
 
 def from_preset(name: str) -> ModelDesign:
-    if name not in PRESETS:
+    if not is_preset(name):
         raise LmforgeError(f"unknown design preset '{name}'",
-                           hint=f"choose one of: {', '.join(PRESETS)}")
+                           hint=f"choose one of: {preset_names()}")
+    name = PRESET_ALIASES.get(name, name)
     return ModelDesign(name=name, **PRESETS[name])
 
 

@@ -7,8 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge.design.report import design_report
-from lmforge.design.spec import PRESETS, ModelDesign, from_dict, from_preset, load_toml, to_toml
+from lmforge.design.report import check_gpus, design_report
+from lmforge.design.spec import (
+    PRESETS,
+    ModelDesign,
+    from_dict,
+    from_preset,
+    is_preset,
+    load_toml,
+    to_toml,
+)
 from lmforge.errors import LmforgeError
 from lmforge.registry import Artifact, Workspace, atomic_write_json, atomic_write_text
 from lmforge.runtime import MatmulPeak, measure_matmul_peak
@@ -25,6 +33,10 @@ class DesignSettings:
     gpu: str | None = None  # also estimate time on this GPU class
     benchmark: bool = True  # measure this machine's matmul peak for the time estimate
     register: bool = True
+    gpus: int | None = None  # also plan data-parallel training on this many `gpu`s
+
+    def __post_init__(self) -> None:
+        check_gpus(self.gpu, self.gpus)  # refused before the matmul benchmark runs
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> DesignSettings:
@@ -48,7 +60,7 @@ def design_from_artifact(art: Artifact) -> ModelDesign:
 def resolve_design(ws: Workspace, ref: str, **overrides: Any) -> tuple[ModelDesign, str | None]:
     """A preset name, a TOML file, or a design artifact ref -> (design, artifact id or None)."""
     artifact_id = None
-    if ref in PRESETS:
+    if is_preset(ref):
         design = from_preset(ref)
     elif ref.endswith(".toml") or Path(ref).is_file():
         design = load_toml(ref)
@@ -94,7 +106,7 @@ def run(ws: Workspace, s: DesignSettings, show_progress: bool = True) -> Outcome
     """Resolve the design, report its costs, and register it (unless told not to)."""
     design, _ = resolve_design(ws, s.source, **s.overrides)
     peak = measure_matmul_peak() if s.benchmark else None
-    report = design_report(design, s.batch_size, peak, s.gpu)
+    report = design_report(design, s.batch_size, peak, s.gpu, s.gpus)
     art = None
     if s.register:
         art, _ = register_design(ws, design, s.batch_size, peak)
