@@ -60,9 +60,11 @@ def main() -> None:
     try:
         app()
     except LmforgeError as e:
-        err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False)
-        if e.hint:
-            err_console.print(f"  [bold]fix:[/] {escape(e.hint)}", highlight=False)
+        # Under torchrun every rank meets the same mistake: rank 0 says it once.
+        if os.environ.get("RANK", "0") == "0":
+            err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False)
+            if e.hint:
+                err_console.print(f"  [bold]fix:[/] {escape(e.hint)}", highlight=False)
         sys.exit(2)
     except Interrupted as e:  # a training step inside `lmforge run` (verbs catch their own)
         err_console.print(f"{escape(str(e))}; run the same command again to resume",

@@ -7,9 +7,11 @@ import time
 import typer
 
 from lmforge.cli.app import app, console, workspace
+from lmforge.errors import LmforgeError
 from lmforge.lifecycle.recipe import load_recipe
 from lmforge.lifecycle.runner import results_table, run_recipe
 from lmforge.lifecycle.stages import STAGES
+from lmforge.train.distributed import launched_world
 
 
 @app.command(rich_help_panel="Start here",
@@ -29,6 +31,13 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     start = time.perf_counter()
+    if launched_world().distributed:
+        # A recipe mixes one-process steps (curation, evaluation, RLHF) with training ones;
+        # the ranks other than 0 would leave after the first training step.
+        raise LmforgeError("lmforge run does not run under torchrun",
+                           hint="run the training commands themselves under torchrun "
+                                "(lmforge pretrain / finetune), then the rest with lmforge "
+                                "run: it skips the steps whose results are registered")
     plan = load_recipe(recipe, overrides, known_stages=tuple(STAGES))
     console.rule(f"[bold]lmforge run: {plan.name}")
     if plan.description:

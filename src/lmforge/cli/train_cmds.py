@@ -17,6 +17,8 @@ from lmforge.train.stage import PretrainSettings, resume_values
 from lmforge.train.stage import run as run_pretrain
 
 PANEL = "Lifecycle stages"
+FSDP_HELP = ("Under torchrun: shard parameters, gradients and optimizer states across the "
+             "processes (FSDP2) instead of a whole replica each (DDP, the default).")
 
 
 def parse_count(text: str | None) -> int:
@@ -59,7 +61,9 @@ def tokenize(
 @app.command(rich_help_panel=PANEL,
              help="Stage 4: pretrain a model on token shards. Checkpoints every N steps and on "
                   "Ctrl-C/SIGTERM; the same command (or --resume RUN) continues after any stop, "
-                  "even kill -9.")
+                  "even kill -9. On several processes: torchrun --nproc_per_node N -m lmforge "
+                  "pretrain ... (DDP; add --fsdp to shard), same global batch; see "
+                  "docs/scaling.md.")
 def pretrain(
     model: str = typer.Option(None, "--model", "-m", help="The model to start from (e.g. v0)."),
     data: str = typer.Option(None, "--data", "-d", help="A tokens artifact (lmforge tokenize)."),
@@ -83,6 +87,10 @@ def pretrain(
     device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1, mps."),
     dtype: str = typer.Option(None, help="auto (bf16 where fast), float32, bfloat16."),
     compile: bool = typer.Option(None, "--compile/--no-compile", help="Use torch.compile."),
+    fsdp: bool = typer.Option(None, "--fsdp/--no-fsdp", help=FSDP_HELP),
+    activation_checkpointing: bool = typer.Option(
+        None, "--activation-checkpointing/--no-activation-checkpointing",
+        help="Recompute each block in backward: less memory, ~1/3 more compute."),
     resume: str = typer.Option(None, help="Continue a run by its id (runs/<id>), with its "
                                           "settings."),
 ) -> None:
@@ -99,7 +107,7 @@ def pretrain(
                  warmup_steps=warmup_steps, eval_every=eval_every,
                  checkpoint_every=checkpoint_every, sample_every=sample_every,
                  early_stop_patience=early_stop_patience, seed=seed, device=device, dtype=dtype,
-                 compile=compile)
+                 compile=compile, fsdp=fsdp, activation_checkpointing=activation_checkpointing)
     values.update({k: v for k, v in flags.items() if v is not None})
     if tokens is not None:
         values["tokens"] = parse_count(tokens)
@@ -135,6 +143,9 @@ _FINETUNE_HELP = """Stage 6: fine-tune a model with the same loop as pretraining
 Domain data: files, folders, globs, dataset artifacts or 'pydocs'. SFT data: chat JSONL \
 (OpenAI messages, or Alpaca / Dolly / self-instruct records). The result is a model in \
 state `tuned` whose parent is the base. The same command continues after any stop.
+
+On several processes or GPUs (domain, sft, reward, dpo): torchrun --nproc_per_node N -m \
+lmforge finetune ... (DDP; --fsdp shards the model); see docs/scaling.md.
 """
 
 
@@ -166,6 +177,10 @@ def finetune(
     eval_every: int = typer.Option(None, help="Validate every N steps."),
     seed: int = typer.Option(None, help="Seed of data order and the validation split."),
     device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1, mps."),
+    fsdp: bool = typer.Option(None, "--fsdp/--no-fsdp", help=FSDP_HELP),
+    activation_checkpointing: bool = typer.Option(
+        None, "--activation-checkpointing/--no-activation-checkpointing",
+        help="Recompute each block in backward: less memory, ~1/3 more compute."),
     reward: str = typer.Option(None, help="rlhf: the reward model (--method reward made it)."),
     prompts: list[str] = typer.Option([], "--prompts", help="rlhf: repeatable. Prompt files "
                                       "(JSONL of messages, prompt or text) \\[default: the "
@@ -210,7 +225,8 @@ def finetune(
                                                  "RM --prompts p.jsonl")
     flags = dict(steps=steps, epochs=epochs, lr=lr, optimizer=optimizer,
                  batch_tokens=batch_tokens, micro_batch=micro_batch, seq_len=seq_len,
-                 eval_every=eval_every, seed=seed, device=device)
+                 eval_every=eval_every, seed=seed, device=device, fsdp=fsdp,
+                 activation_checkpointing=activation_checkpointing)
     values.update({k: v for k, v in flags.items() if v is not None})
     settings = FinetuneSettings(model, method, tuple(data) + tuple(prompts),
                                 training_settings(values, "finetune settings", method),

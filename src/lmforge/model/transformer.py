@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lmforge.design.spec import ModelDesign
 from lmforge.model.kv_cache import KVCache
@@ -150,6 +151,9 @@ class Transformer(nn.Module):
         if design.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.rotary = Rotary(design.head_dim, design.rope_theta, design.context_length)
+        # Activation checkpointing: keep only each block's input and recompute the block in
+        # backward, trading ~1/3 more compute for activations that no longer grow with depth.
+        self.checkpoint_activations = False
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None,
                 targets: torch.Tensor | None = None, reduction: str = "mean", *,
@@ -224,7 +228,9 @@ class Transformer(nn.Module):
         else:
             cos, sin = self.rotary.at(positions, x.dtype)
         for i, block in enumerate(self.model.layers):
-            if cache is None:
+            if cache is None and self.checkpoint_activations and torch.is_grad_enabled():
+                x = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
+            elif cache is None:
                 x = block(x, cos, sin, mask)  # same arguments for every layer: compile_blocks
             else:
                 # Cached decoding changes shapes every step: run the eager forward even when

@@ -38,9 +38,20 @@ class Batch:
 class BatchSource(Protocol):
     tokens: int  # training tokens in one pass over the data (for `epochs`)
 
-    def step_batches(self, step: int, seed: int, device: torch.device) -> list[Batch]: ...
+    def step_batches(self, step: int, seed: int, device: torch.device,
+                     part: tuple[int, int] = (0, 1)) -> list[Batch]:
+        """The step's micro-batches; with part = (rank, ranks) only that rank's share:
+        micro-batches rank, rank + ranks, ... (train/distributed.py), nothing else read."""
+        ...
 
     def validation_batches(self, device: torch.device) -> Iterator[Batch]: ...
+
+
+def my_micro_batches(per_step: int, micro_batch: int, part: tuple[int, int]) -> range:
+    """Start offsets, within a step's per_step items, of the micro-batches rank part[0] of
+    part[1] reads: round-robin, so every rank gets the same number when they divide evenly."""
+    rank, ranks = part
+    return range(rank * micro_batch, per_step, ranks * micro_batch)
 
 
 class TokenSource(Protocol):
@@ -71,12 +82,13 @@ class TokenWindows:
     def tokens(self) -> int:
         return self.train.tokens
 
-    def step_batches(self, step: int, seed: int, device: torch.device) -> list[Batch]:
+    def step_batches(self, step: int, seed: int, device: torch.device,
+                     part: tuple[int, int] = (0, 1)) -> list[Batch]:
         rng = np.random.default_rng([seed, step])
         count = self.micro_batch * self.accumulation
         starts = rng.integers(0, self.train.tokens - self.seq_len - 1, size=count, endpoint=True)
         return [_windows(self.train, starts[i:i + self.micro_batch], self.seq_len, device)
-                for i in range(0, count, self.micro_batch)]
+                for i in my_micro_batches(count, self.micro_batch, part)]
 
     def validation_batches(self, device: torch.device) -> Iterator[Batch]:
         n = min((self.val.tokens - 1) // self.seq_len, self.micro_batch * self.eval_batches)
@@ -166,7 +178,8 @@ class PackedSequences:
                 len(self.train_rows))}  # one epoch kept: steps move through them in order
         return self._orders[key]
 
-    def step_batches(self, step: int, seed: int, device: torch.device) -> list[Batch]:
+    def step_batches(self, step: int, seed: int, device: torch.device,
+                     part: tuple[int, int] = (0, 1)) -> list[Batch]:
         per_step = self.micro_batch * self.accumulation
         n = len(self.train_rows)
         picked = []
@@ -174,7 +187,7 @@ class PackedSequences:
             epoch, offset = divmod(k, n)
             picked.append(self.train_rows[self._epoch_order(seed, epoch)[offset]])
         return [_packed_batch(self.train, picked[i:i + self.micro_batch], self.seq_len, device)
-                for i in range(0, per_step, self.micro_batch)]
+                for i in my_micro_batches(per_step, self.micro_batch, part)]
 
     def validation_batches(self, device: torch.device) -> Iterator[Batch]:
         for i in range(0, len(self.val_rows), self.micro_batch):

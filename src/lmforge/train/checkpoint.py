@@ -26,12 +26,11 @@ from lmforge.registry import atomic_write_json, atomic_write_text
 from lmforge.registry.atomic import fsync_dir
 
 
-def _flatten_optimizers(optimizers: list[torch.optim.Optimizer]
+def _flatten_optimizers(state_dicts: list[dict[str, Any]]
                         ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     tensors: dict[str, torch.Tensor] = {}
     groups: list[dict[str, Any]] = []
-    for k, opt in enumerate(optimizers):
-        sd = opt.state_dict()
+    for k, sd in enumerate(state_dicts):
         for idx, state in sd["state"].items():
             for name, value in state.items():
                 tensors[f"opt{k}.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
@@ -52,7 +51,10 @@ def _unflatten_optimizer(k: int, tensors: dict[str, torch.Tensor], groups: dict[
 
 def save_checkpoint(run_dir: Path, step: int, model: Transformer,
                     optimizers: list[torch.optim.Optimizer], extra: dict[str, Any],
-                    owned: dict[str, torch.nn.Parameter] | None = None, keep: int = 2) -> Path:
+                    owned: dict[str, torch.nn.Parameter] | None = None, keep: int = 2,
+                    optimizer_states: list[dict[str, Any]] | None = None) -> Path:
+    """Write a checkpoint; `optimizer_states` (state dicts gathered from sharded optimizers)
+    replace the optimizers' own, which would hold one rank's shards only."""
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
@@ -64,7 +66,9 @@ def save_checkpoint(run_dir: Path, step: int, model: Transformer,
     if owned:
         save_file({n: p.detach().cpu().contiguous() for n, p in owned.items()},
                   str(tmp / "objective.safetensors"))
-    tensors, groups = _flatten_optimizers(optimizers)
+    tensors, groups = _flatten_optimizers(
+        optimizer_states if optimizer_states is not None else
+        [opt.state_dict() for opt in optimizers])
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):

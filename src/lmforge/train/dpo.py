@@ -44,7 +44,7 @@ from lmforge.errors import LmforgeError
 from lmforge.model.loss import IGNORE_INDEX, linear_cross_entropy
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import Tokenizer
-from lmforge.train.batches import Batch
+from lmforge.train.batches import Batch, my_micro_batches
 
 LOSSES = ("sigmoid", "ipo", "hinge")
 PREFIX, CHOSEN, REJECTED = 0, 1, 2  # branch of each position of a unit
@@ -303,7 +303,8 @@ class PairBatches:
                 len(self.train_rows))}
         return self._orders[key]
 
-    def step_batches(self, step: int, seed: int, device: torch.device) -> list[Batch]:
+    def step_batches(self, step: int, seed: int, device: torch.device,
+                     part: tuple[int, int] = (0, 1)) -> list[Batch]:
         per_step = self.micro_batch * self.accumulation
         n = len(self.train_rows)
         picked = []
@@ -311,7 +312,7 @@ class PairBatches:
             epoch, offset = divmod(k, n)
             picked.append(self.train_rows[self._epoch_order(seed, epoch)[offset]])
         return [unit_batch(self.train, picked[i:i + self.micro_batch], self.seq_len, device)
-                for i in range(0, per_step, self.micro_batch)]
+                for i in my_micro_batches(per_step, self.micro_batch, part)]
 
     def validation_batches(self, device: torch.device) -> Iterator[Batch]:
         for i in range(0, len(self.val_rows), self.micro_batch):

@@ -338,7 +338,12 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
 
         return run_reward(ws, s, show_progress, on_step)
     if s.method == "rlhf":
+        from lmforge.train.distributed import launched_world
         from lmforge.train.rlhf import run_rlhf
+
+        if launched_world().distributed:
+            raise LmforgeError("rlhf trains on one process: its rollouts and updates are not "
+                               "distributed yet", hint="run it without torchrun (one GPU)")
 
         return run_rlhf(ws, s, show_progress, on_step)
     if s.method == "dpo":

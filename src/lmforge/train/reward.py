@@ -35,7 +35,7 @@ from lmforge.registry import Artifact, Workspace, atomic_write_json
 from lmforge.runtime import resolve_device
 from lmforge.stage import Outcome
 from lmforge.tokenizer import Tokenizer
-from lmforge.train.batches import Batch
+from lmforge.train.batches import Batch, my_micro_batches
 from lmforge.train.loop import Interrupted, autocast_dtype, evaluate, train
 
 KIND = "reward-model"
@@ -130,7 +130,8 @@ class PairBatches:
         ids, lengths = pad_rows([p[0] for p in pairs] + [p[1] for p in pairs], device)
         return Batch({"inputs": ids, "lengths": lengths}, len(pairs))
 
-    def step_batches(self, step: int, seed: int, device: torch.device) -> list[Batch]:
+    def step_batches(self, step: int, seed: int, device: torch.device,
+                     part: tuple[int, int] = (0, 1)) -> list[Batch]:
         per_step = self.micro_batch * self.accumulation
         n = len(self.train)
         picked = []
@@ -139,7 +140,7 @@ class PairBatches:
             order = np.random.default_rng([seed, epoch, 3]).permutation(n)
             picked.append(self.train[order[offset]])
         return [self._batch(picked[i:i + self.micro_batch], device)
-                for i in range(0, per_step, self.micro_batch)]
+                for i in my_micro_batches(per_step, self.micro_batch, part)]
 
     def validation_batches(self, device: torch.device, every: bool = False) -> Iterator[Batch]:
         """The first micro_batch x eval_batches validation pairs, or `every` one."""

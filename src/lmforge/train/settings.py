@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from lmforge.errors import LmforgeError
 from lmforge.stage import check_keys
@@ -41,6 +41,12 @@ class TrainSettings:
     device: str = "auto"
     dtype: str = "auto"  # auto = bf16 autocast where fast (CUDA), else fp32
     compile: bool = False
+    fsdp: bool = False  # under torchrun: FSDP2 sharding instead of DDP replicas
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory
+
+    # How a run is computed, not what it computes: left out of the run's key, so a run
+    # started on N processes (or sharded) resumes under any other layout.
+    LAYOUT: ClassVar[tuple[str, ...]] = ("fsdp", "activation_checkpointing")
 
     def __post_init__(self) -> None:
         positive = ("batch_tokens", "micro_batch", "seq_len", "eval_every", "eval_batches",
@@ -90,5 +96,6 @@ class TrainSettings:
 
     def key(self) -> str:
         """A digest of what changes the result (device, dtype and compile may not; keep them:
-        bf16 runs differ from fp32 runs)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        bf16 runs differ from fp32 runs); the process layout is left out."""
+        values = {k: v for k, v in self.to_dict().items() if k not in self.LAYOUT}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
