@@ -83,22 +83,26 @@ def measure_matmul_peak(device: torch.device | None = None, dtype: torch.dtype |
 
 def _cuda_peak(device: torch.device, dtype: torch.dtype, size: int,
                seconds: float) -> MatmulPeak:
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    out = torch.empty(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        torch.matmul(a, b, out=out)
-    torch.cuda.synchronize(device)
-    burst, best = 10, float("inf")
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        for _ in range(burst):
+    # Events record on the current device's stream: make `device` current, or on cuda:1 they
+    # would time cuda:0's (idle) stream and report an impossible peak.
+    with torch.cuda.device(device):
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        out = torch.empty(size, size, device=device, dtype=dtype)
+        for _ in range(3):  # warm-up: cuBLAS handle, workspace, kernel choice
             torch.matmul(a, b, out=out)
-        end.record()
-        end.synchronize()
-        best = min(best, begin.elapsed_time(end) / 1000 / burst)
+        torch.cuda.synchronize(device)
+        burst, best, bursts = 10, float("inf"), 0
+        deadline = time.perf_counter() + seconds
+        while bursts < 3 or time.perf_counter() < deadline:  # a few bursts however short
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(burst):
+                torch.matmul(a, b, out=out)
+            end.record()
+            end.synchronize()
+            best = min(best, begin.elapsed_time(end) / 1000 / burst)
+            bursts += 1
     return MatmulPeak(str(device), str(dtype).removeprefix("torch."), size, 2 * size**3 / best)
 
 
