@@ -201,13 +201,22 @@ def scatter_into(replica: nn.Module, step: StepModule) -> None:
             p.copy_(value)
 
 
-def gather_optimizer_states(optimizers: list[torch.optim.Optimizer]) -> list[dict]:
-    """Each optimizer's state dict with sharded states gathered whole (a collective)."""
+def gather_optimizer_states(optimizers: list[torch.optim.Optimizer], keep: bool
+                            ) -> list[dict]:
+    """Each optimizer's state dict with sharded states gathered whole (a collective every
+    rank joins), one tensor at a time into host memory, kept by the writing rank (`keep`)
+    only: whole AdamW states are 8 bytes per parameter, more than a device may spare."""
     out = []
     for opt in optimizers:
         sd = opt.state_dict()
-        state = {idx: {k: whole(v) if torch.is_tensor(v) else v for k, v in s.items()}
-                 for idx, s in sd["state"].items()}
+        state: dict = {}
+        for idx, values in sd["state"].items():
+            gathered = {}
+            for k, v in values.items():
+                v = whole(v).cpu() if torch.is_tensor(v) else v
+                gathered[k] = v
+            if keep:
+                state[idx] = gathered
         out.append({"state": state, "param_groups": sd["param_groups"]})
     return out
 

@@ -197,7 +197,7 @@ def _train(model: Transformer, objective: Objective, source: BatchSource, s: Tra
         if not sharded:
             return None
         parallel.gather_into(whole_step, replica)
-        return parallel.gather_optimizer_states(optimizers)
+        return parallel.gather_optimizer_states(optimizers, keep=cluster.main)
 
     def checkpoint(step: int) -> None:
         states = gather()
