@@ -11,11 +11,14 @@ from lmforge.cli.app import app, console, workspace
 from lmforge.engine.generate import generate_tokens
 from lmforge.engine.sampling import SamplingParams
 from lmforge.errors import LmforgeError
+from lmforge.lifecycle.card import gather
+from lmforge.lifecycle.card_render import to_markdown
 from lmforge.model.hf import DTYPES, export_hf, import_hf
 from lmforge.model.init import SCHEMES
 from lmforge.model.io import load_model
 from lmforge.model.stage import InitSettings
 from lmforge.model.stage import run as run_init
+from lmforge.registry import atomic_write_text
 
 
 @app.command(rich_help_panel="Lifecycle stages",
@@ -63,7 +66,8 @@ def generate(
 
 @app.command("export", rich_help_panel="Use and move models",
              help="Write a model in Hugging Face format (loads as LlamaForCausalLM "
-                            "in transformers, vLLM and friends).")
+                            "in transformers, vLLM and friends), with its model card from the "
+                            "record as README.md.")
 def export(
     model: str = typer.Argument(..., help="Model artifact id/prefix/alias."),
     out: Path = typer.Option(..., "--out", "-o", help="A new, empty folder."),
@@ -72,8 +76,12 @@ def export(
 ) -> None:
     if fmt != "hf":
         raise LmforgeError(f"unknown export format '{fmt}'", hint="use --format hf")
-    art = workspace().resolve(model, kind="model")
+    ws = workspace()
+    art = ws.resolve(model, kind="model")
     files = export_hf(art, out, dtype)
+    # The model card from the record, where the Hugging Face hub looks for one.
+    atomic_write_text(out / "README.md", to_markdown(gather(ws, art.id)))
+    files.append("README.md")
     console.print(f"exported {art.id} to {out} ({', '.join(files)})")
 
 
