@@ -139,6 +139,12 @@ _FINETUNE_HELP = """Stage 6: fine-tune a model with the same loop as pretraining
   lmforge finetune SFT --method dpo --data prefs.jsonl --loss sigmoid --beta 0.1
       DPO on preference pairs (prompt/chosen/rejected, or Anthropic HH),
       reference log-probs computed once; 'pydocs-prefs' is built in
+  lmforge finetune production --from-feedback --since 2026-11-01
+      stage 10: a successor tuned on what the served model's users said
+      (thumbs-up answers and preferred answers as SFT, preferred vs
+      rejected as DPO; spam and duplicates filtered), evaluated on the
+      predecessor's suites; PROMOTE only if no checked metric loses more
+      than --max-regression (docs/feedback.md)
 
 Domain data: files, folders, globs, dataset artifacts or 'pydocs'. SFT data: chat JSONL \
 (OpenAI messages, or Alpaca / Dolly / self-instruct records). The result is a model in \
@@ -152,7 +158,10 @@ lmforge finetune ... (DDP; --fsdp shards the model); see docs/scaling.md.
 @app.command(rich_help_panel=PANEL, help=_FINETUNE_HELP)
 def finetune(
     model: str = typer.Argument(..., help="The model to tune (id, prefix or alias)."),
-    method: str = typer.Option(..., "--method", help="domain, sft, reward, rlhf or dpo."),
+    method: str = typer.Option(None, "--method", help="domain, sft, reward, rlhf or dpo "
+                                                      "(with --from-feedback: sft or dpo "
+                                                      "\\[default: dpo with 16 pairs or more, "
+                                                      "else sft])."),
     data: list[str] = typer.Option([], "--data", "-d", help="Repeatable. Training data."),
     val_data: list[str] = typer.Option([], "--val-data", help="Repeatable. A separate "
                                                               "validation set."),
@@ -204,7 +213,42 @@ def finetune(
                                                      "flipped (cDPO, sigmoid) \\[default: 0]."),
     sft_weight: float = typer.Option(None, help="dpo: weight of the chosen answers' NLL "
                                                 "added to the loss (RPO) \\[default: 0]."),
+    from_feedback: bool = typer.Option(False, "--from-feedback", help="Stage 10: tune on the "
+                                       "feedback stored by MODEL's server, then compare with "
+                                       "MODEL on the suites and gates of its eval reports "
+                                       "(docs/feedback.md)."),
+    since: str = typer.Option(None, help="--from-feedback: only feedback given on or after "
+                                         "this date (UTC), e.g. 2026-11-01."),
+    max_regression: float = typer.Option(0.02, help="--from-feedback: how much each checked "
+                                                    "metric may lose (absolute) for PROMOTE."),
+    feedback_of: list[str] = typer.Option([], "--feedback-of", help="--from-feedback: "
+                                          "repeatable. Also read the feedback on this model "
+                                          "(e.g. an earlier version)."),
+    feedback_store: list[str] = typer.Option([], "--feedback-store", help="--from-feedback: "
+                                             "repeatable. Also read this store file (a "
+                                             "replica's on another machine)."),
+    alias: str = typer.Option(None, help="--from-feedback: point this alias (e.g. staging) at "
+                                         "the successor when it passes."),
 ) -> None:
+    if from_feedback:
+        _from_feedback(model, method, since, max_regression, feedback_of, feedback_store,
+                       alias, data, val_data, lora, reward, prompts, config, val_fraction,
+                       dict(steps=steps, epochs=epochs, lr=lr, optimizer=optimizer,
+                            batch_tokens=batch_tokens, micro_batch=micro_batch,
+                            seq_len=seq_len, eval_every=eval_every, seed=seed, fsdp=fsdp,
+                            activation_checkpointing=activation_checkpointing),
+                       dict(beta=beta, dpo_loss=loss, label_smoothing=label_smoothing,
+                            sft_weight=sft_weight), device)
+        return
+    if method is None:
+        raise LmforgeError("finetune needs --method (domain, sft, reward, rlhf or dpo)",
+                           hint="e.g. lmforge finetune MODEL --method sft --data chats.jsonl, "
+                                "or --from-feedback to tune on a served model's feedback")
+    if since is not None or feedback_of or feedback_store or alias is not None:
+        raise LmforgeError("--since, --feedback-of, --feedback-store and --alias are for "
+                           "--from-feedback",
+                           hint="lmforge finetune production --from-feedback --since "
+                                "2026-11-01")
     values: dict = {}
     if config is not None:
         values.update(load_toml_file(Path(config), "config file").get("train", {}))
@@ -256,3 +300,39 @@ def _rl_fields(method: str, reward: str | None, reference: str | None, algo: str
     options.update(flags)
     return {"reward": reward, "reference": reference, "algo": algo,
             "rl": tuple(sorted(options.items()))}
+
+
+def _from_feedback(model: str, method: str | None, since: str | None, max_regression: float,
+                   feedback_of: list[str], feedback_store: list[str], alias: str | None,
+                   data: list[str], val_data: list[str], lora: str | None, reward: str | None,
+                   prompts: list[str], config: str | None, val_fraction: float,
+                   train_flags: dict, dpo_flags: dict, device: str | None) -> None:
+    """`finetune MODEL --from-feedback`: stage 10 (lifecycle/feedback_tune.py)."""
+    from lmforge.lifecycle.feedback_data import FeedbackRules, parse_since
+    from lmforge.lifecycle.feedback_tune import FeedbackTuneSettings
+    from lmforge.lifecycle.feedback_tune import run as run_feedback
+
+    if data or val_data or lora is not None or reward or prompts:
+        raise LmforgeError("--from-feedback reads its data from the feedback store: --data, "
+                           "--val-data, --lora, --reward and --prompts do not apply",
+                           hint="lmforge finetune production --from-feedback --since "
+                                "2026-11-01 [--method sft|dpo]")
+    values: dict = {}
+    if config is not None:
+        values.update(load_toml_file(Path(config), "config file").get("train", {}))
+    values.update({k: v for k, v in train_flags.items() if v is not None})
+    dpo = {k: v for k, v in dpo_flags.items() if v is not None}
+    if dpo and method != "dpo":
+        raise LmforgeError("--beta, --loss, --label-smoothing and --sft-weight are for "
+                           "--method dpo", hint="add --method dpo")
+    settings = FeedbackTuneSettings(
+        model, method, FeedbackRules(since=parse_since(since)), tuple(feedback_of),
+        tuple(str(Path(p).resolve()) for p in feedback_store), max_regression, alias,
+        tuple(sorted(values.items())), tuple(sorted(dpo.items())), val_fraction, device)
+    try:
+        out = run_feedback(workspace(), settings)
+    except Interrupted as e:
+        console.print(f"{e}; continue with the same command")
+        raise typer.Exit(130) from None
+    console.print(out.show)
+    console.print(f"model [bold]{out.artifact.id}[/] (tuned): {out.summary}", highlight=False)

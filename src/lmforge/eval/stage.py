@@ -157,6 +157,15 @@ def summary(report: dict[str, Any]) -> str:
 def run(ws: Workspace, s: EvalStageSettings, show_progress: bool = True) -> Outcome:
     """Evaluate a model (artifact ref or model folder) and register the report; the
     outcome's details are the report."""
+    report, art, seconds = make_report(ws, s, show_progress)
+    return Outcome(register_report(ws, report, art, seconds), summary(report), report)
+
+
+def make_report(ws: Workspace, s: EvalStageSettings, show_progress: bool = True
+                ) -> tuple[dict[str, Any], Artifact | None, float | None]:
+    """(the report with its gates checked, the model's artifact or None for a folder, the
+    seconds it took), registering nothing: stage 10 evaluates a successor before it is
+    registered, and registers the report on it afterwards."""
     parsed_gates = parse_gates(list(s.gates), "gates")
     device = str(resolve_device(s.device))
     tasks_file, names = task_option(s.tasks)
@@ -194,7 +203,7 @@ def run(ws: Workspace, s: EvalStageSettings, show_progress: bool = True) -> Outc
     if selected.absent:
         report["absent_tasks"] = selected.absent
     report["gates"] = evaluate_gates(parsed_gates, report)
-    return Outcome(register_report(ws, report, art, seconds), summary(report), report)
+    return report, art, seconds
 
 
 def register_report(ws: Workspace, report: dict[str, Any], model_art: Artifact | None,

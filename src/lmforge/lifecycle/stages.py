@@ -35,6 +35,8 @@ from lmforge.eval.stage import EvalStageSettings
 from lmforge.eval.stage import run as run_eval
 from lmforge.lifecycle.compare import CompareSettings
 from lmforge.lifecycle.compare import run as run_compare
+from lmforge.lifecycle.feedback_tune import FeedbackTuneSettings
+from lmforge.lifecycle.feedback_tune import run as run_feedback_tune
 from lmforge.model.stage import InitSettings
 from lmforge.model.stage import run as run_init
 from lmforge.redteam.stage import RedteamSettings
@@ -85,6 +87,7 @@ STAGES: dict[str, Callable[[Context, str, dict[str, Any]], StepOutput]] = {
     "tokenize": seam(TokenizeSettings, run_tokenize),
     "pretrain": seam(PretrainSettings, run_pretrain),
     "finetune": seam(FinetuneSettings, run_finetune),
+    "feedback-finetune": seam(FeedbackTuneSettings, run_feedback_tune),
     "eval": seam(EvalStageSettings, run_eval),
     "compare": seam(CompareSettings, run_compare),
     "judge": seam(JudgeSettings, run_judge),

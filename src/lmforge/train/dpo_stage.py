@@ -75,8 +75,10 @@ def _check_reference(policy: Transformer, policy_tok: Tokenizer, reference: Tran
                            f"{policy_id} ({diff})", hint=hint)
 
 
-def run_dpo(ws: Workspace, s, show_progress: bool = True, on_step=None) -> Outcome:
-    """DPO from `s.model` on `s.data` (a FinetuneSettings with method "dpo")."""
+def run_dpo(ws: Workspace, s, show_progress: bool = True, on_step=None,
+            before_register=None) -> Outcome:
+    """DPO from `s.model` on `s.data` (a FinetuneSettings with method "dpo");
+    `before_register` as in finetune.run."""
     from lmforge.train.finetune import _sampler, data_refs
 
     check_dpo_options(s.beta, s.dpo_loss, s.label_smoothing, s.sft_weight)
@@ -195,6 +197,8 @@ def run_dpo(ws: Workspace, s, show_progress: bool = True, on_step=None) -> Outco
                                                  body))
         (d / "training_metrics.jsonl").write_bytes((run_dir / "metrics.jsonl").read_bytes())
         atomic_write_json(d / "samples.json", samples)
+        if before_register is not None:
+            before_register(d, metrics, parents)
         art = ws.register(d, kind="model", stage="finetune", parents=parents,
                           settings=settings, metrics=metrics, state="tuned",
                           name=f"{model.design.name}-dpo")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,9 @@ FINETUNE_DEFAULTS = {"lr": 3e-4, "muon_lr": 0.005, "warmup_steps": 10, "epochs":
                      "checkpoint_every": 50}
 
 Sequence_ = tuple[list[int], list[bool] | None]
+# (the saved model's folder, its metrics, its parents) just before registering: stage 10
+# (lifecycle/feedback_tune.py) evaluates the successor there and adds its decision.
+BeforeRegister = Callable[[Path, dict[str, Any], dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -330,9 +333,11 @@ def _pretraining_tokens(ws: Workspace, model: Artifact) -> Artifact | None:
 # ---- the stage ---------------------------------------------------------------------------
 
 
-def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=None
-        ) -> Outcome:
-    """Tune the model and register the result (state `tuned`); details are the TrainResult."""
+def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=None,
+        before_register: BeforeRegister | None = None) -> Outcome:
+    """Tune the model and register the result (state `tuned`); details are the TrainResult.
+    `before_register(folder, metrics, parents)` sees the saved model just before it is
+    registered and may add metrics and parents (sft and dpo, not LoRA adapters)."""
     if s.method == "reward":
         from lmforge.train.reward import run_reward
 
@@ -349,7 +354,7 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
     if s.method == "dpo":
         from lmforge.train.dpo_stage import run_dpo
 
-        return run_dpo(ws, s, show_progress, on_step)
+        return run_dpo(ws, s, show_progress, on_step, before_register)
     base = ws.resolve(s.model, kind="model")
     model, tok = load_model_dir(base.path)
     t = s.train
@@ -447,6 +452,8 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
         (d / "training_metrics.jsonl").write_bytes((run_dir / "metrics.jsonl").read_bytes())
         if samples:
             atomic_write_json(d / "samples.json", samples)
+        if before_register is not None:
+            before_register(d, metrics, parents)
         art = ws.register(d, kind="model", stage="finetune", parents=parents,
                           settings=settings, metrics=metrics, state="tuned",
                           name=f"{model.design.name}-{s.method}")
