@@ -286,6 +286,7 @@ def test_card_shows_curation_stats_training_runs_redteam_and_deprecation(built):
     head = old[:old.index("\n## ")]
     assert "This model is **deprecated**" in head and "superseded by the SFT model" in head
     assert f"Successor: `{built['sft'].id}`" in head  # announced, or the newest child
+    assert ("not announced" in head) == (not built["announce"])
     if built["announce"]:
         assert "Sunset date: 2027-03-01" in head
     assert "| approved | deprecated | superseded by the SFT model |" in old

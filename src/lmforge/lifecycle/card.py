@@ -200,6 +200,7 @@ class Sunset:
     sunset: str | None  # the announced sunset date
     successor: str | None  # as announced; else the newest model made from this one
     archive: str | None = None  # where an archived model's bundle lies
+    successor_announced: bool = False  # False: the successor is inferred from the lineage
 
 
 @dataclass
@@ -424,7 +425,8 @@ def _sunset(ws: Workspace, model_id: str, state: str | None, history: list[Move]
                   "; ".join(dict.fromkeys(m.reason for m in moves)),
                   "; ".join(dict.fromkeys(m.note for m in moves if m.note)),
                   latest.sunset if latest else None, successor,
-                  where["bundle"] if where else None)
+                  where["bundle"] if where else None,
+                  successor_announced=bool(latest and latest.successor))
 
 
 def gather(ws: Workspace, ref: str) -> ModelCard:

@@ -104,7 +104,8 @@ def _header(card: ModelCard) -> list[Block]:
         if s.sunset:
             parts.append(f"Sunset date: {s.sunset}.")
         if s.successor:
-            parts.append(f"Successor: `{s.successor}`.")
+            parts.append(f"Successor: `{s.successor}`" + ("." if s.successor_announced else
+                         " (not announced: the newest model made from this one)."))
         blocks.append(Block("warn", " ".join(parts)))
     facts = [f"id `{card.id}`", f"state **{card.state or '-'}**",
              f"made by `{card.stage}` on {_time(card.created)}",
@@ -314,8 +315,10 @@ def _sunset(card: ModelCard) -> list[Block]:
     if s is None:
         return out + [_p(f"Not deprecated: the model is {card.state or 'without a state'}.")]
     rows = [("state", s.state), ("since", _time(s.since)), ("reason", s.reason),
-            ("sunset date", s.sunset), ("successor", f"`{s.successor}`" if s.successor
-                                        else None), ("on the record", s.note or None)]
+            ("sunset date", s.sunset),
+            ("successor", None if not s.successor else f"`{s.successor}`" + (
+                "" if s.successor_announced else " (inferred: made from this model)")),
+            ("on the record", s.note or None)]
     if s.archive:
         rows.append(("archive bundle", s.archive))
     return out + [_table(("", ""), rows)]
