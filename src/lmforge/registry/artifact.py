@@ -86,7 +86,9 @@ class ArtifactRecord:
 @dataclass(frozen=True)
 class Event:
     """One lifecycle move. `forced` is True when a check was overridden; `note` says what
-    the move rested on, or what a forced move overrode."""
+    the move rested on, or what a forced move overrode. `actor` is user@host and `command`
+    the command line that moved it; a deprecation also carries the announced `sunset`
+    (ISO date) and `successor` (a model id), which a server sends to clients."""
 
     seq: int
     artifact_id: str
@@ -96,9 +98,14 @@ class Event:
     forced: bool
     time: str
     note: str = ""
+    actor: str = ""
+    command: str = ""
+    sunset: str | None = None
+    successor: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Event:
         return cls(seq=row["seq"], artifact_id=row["artifact_id"], from_state=row["from_state"],
                    to_state=row["to_state"], reason=row["reason"], forced=bool(row["forced"]),
-                   time=row["time"], note=row["note"])
+                   time=row["time"], note=row["note"], actor=row["actor"],
+                   command=row["command"], sunset=row["sunset"], successor=row["successor"])

@@ -63,6 +63,22 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # overrode, so the record explains itself.
         "ALTER TABLE events ADD COLUMN note TEXT NOT NULL DEFAULT ''",
     ),
+    (
+        # Who moved it (user@host) and from which command line; a deprecation's announced
+        # sunset date and successor, which the server sends as headers (serve/model_state.py).
+        "ALTER TABLE events ADD COLUMN actor TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE events ADD COLUMN command TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE events ADD COLUMN sunset TEXT",
+        "ALTER TABLE events ADD COLUMN successor TEXT REFERENCES artifacts (id)",
+        # Where an archived model's files went (registry/archive.py); a row per model.
+        """CREATE TABLE archives (
+            artifact_id TEXT PRIMARY KEY REFERENCES artifacts (id),
+            bundle TEXT NOT NULL,          -- absolute path of the bundle
+            bundle_sha256 TEXT NOT NULL,
+            index_path TEXT NOT NULL,      -- its checksum list beside it
+            time TEXT NOT NULL
+        )""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

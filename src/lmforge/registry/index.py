@@ -14,6 +14,7 @@ from typing import Any
 from lmforge.errors import LmforgeError
 from lmforge.registry.db import write_transaction
 from lmforge.registry.manifest import MANIFEST_NAME, canonical_json, sha256_file
+from lmforge.registry.origin import actor, command_line
 from lmforge.registry.resolve import find_id
 
 Parents = dict[str, str | list[str]]
@@ -66,5 +67,5 @@ def insert_artifact(conn: sqlite3.Connection, root: Path, manifest: dict[str, An
                           "VALUES (?,?,?,?)", (m["id"], pid, role, pos))
         if state is not None:
             c.execute("INSERT INTO events (artifact_id, from_state, to_state, reason, forced, "
-                      "time) VALUES (?, NULL, ?, 'registered', 0, ?)",
-                      (m["id"], state, m["created"]))
+                      "time, actor, command) VALUES (?, NULL, ?, 'registered', 0, ?, ?, ?)",
+                      (m["id"], state, m["created"], actor(), command_line()))

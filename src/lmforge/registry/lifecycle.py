@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from lmforge.errors import LmforgeError
 from lmforge.registry.artifact import Event
 from lmforge.registry.db import write_transaction
+from lmforge.registry.origin import actor, command_line
 from lmforge.registry.resolve import find_id
 from lmforge.registry.store import utc_now
 
@@ -129,9 +131,18 @@ def _reports(conn: sqlite3.Connection, art_id: str) -> list[tuple[str, str, dict
     return [(r["id"], r["kind"], json.loads(r["metrics_json"])) for r in rows]
 
 
+# Runs inside a move's transaction, after its event is written: what the move changes
+# besides the state (an archive's location, say) commits with it or not at all.
+AlsoInMove = Callable[[sqlite3.Connection, Event], None]
+
+
 def apply_move(conn: sqlite3.Connection, root: Path, ref: str, to_state: str, reason: str,
-               force: bool) -> Event:
-    """Check and record one move in a single transaction, so concurrent moves serialize."""
+               force: bool, *, sunset: str | None = None, successor: str | None = None,
+               note: str = "", also: AlsoInMove | None = None) -> Event:
+    """Check and record one move in a single transaction, so concurrent moves serialize.
+    The event keeps who moved it and the command line; `sunset` and `successor` are a
+    deprecation's announcement, `note` adds what the move rests on, `also` runs inside the
+    same transaction (an exception there undoes the whole move)."""
     check_state_name(to_state)
     if not isinstance(reason, str) or not reason.strip():
         raise LmforgeError(f"moving {ref} to {to_state} needs a reason",
@@ -154,10 +165,17 @@ def apply_move(conn: sqlite3.Connection, root: Path, ref: str, to_state: str, re
             raise LmforgeError("; ".join(problems), "; ".join(check.hints + [
                 f"or {force_it}" if check.hints else force_it]))
         # The record keeps what a move rested on, and what a forced one overrode.
-        note = "; ".join([f"forced past: {p}" for p in problems] + check.basis)
-        now = utc_now()
+        note = "; ".join([f"forced past: {p}" for p in problems] + check.basis
+                         + ([note] if note else []))
+        now, who, command = utc_now(), actor(), command_line()
         c.execute("UPDATE artifacts SET state = ? WHERE id = ?", (to_state, art_id))
         cur = c.execute("INSERT INTO events (artifact_id, from_state, to_state, reason, forced, "
-                        "time, note) VALUES (?,?,?,?,?,?,?)",
-                        (art_id, current, to_state, reason, int(bool(problems)), now, note))
-        return Event(cur.lastrowid, art_id, current, to_state, reason, bool(problems), now, note)
+                        "time, note, actor, command, sunset, successor) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        (art_id, current, to_state, reason, int(bool(problems)), now, note,
+                         who, command, sunset, successor))
+        event = Event(cur.lastrowid or 0, art_id, current, to_state, reason, bool(problems),
+                      now, note, who, command, sunset, successor)
+        if also is not None:
+            also(c, event)
+        return event

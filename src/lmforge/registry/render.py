@@ -42,14 +42,29 @@ def _value(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v)
 
 
+def end_of_life(event: Event | None) -> str:
+    """`sunset 2027-03-01 -> model-...`: what a deprecation announced, in one cell."""
+    if event is None:
+        return ""
+    parts = [f"sunset {event.sunset}" if event.sunset else "no sunset date"]
+    if event.successor:
+        parts.append(f"-> {event.successor}")
+    return " ".join(parts)
+
+
 def artifacts_table(records: Iterable[ArtifactRecord], aliases: dict[str, str] | None = None,
-                    title: str | None = "artifacts") -> Table:
+                    title: str | None = "artifacts",
+                    deprecations: dict[str, Event] | None = None) -> Table:
     """One row per artifact: id (which starts with the kind), stage, state, name, aliases
-    (when any), created."""
+    (when any), sunset and successor of deprecated models (when any), created."""
     by_id: dict[str, list[str]] = {}
     for alias, art_id in (aliases or {}).items():
         by_id.setdefault(art_id, []).append(alias)
-    columns = ["id", "stage", "state", "name"] + (["aliases"] if by_id else []) + ["created"]
+    records = list(records)
+    deprecations = {k: v for k, v in (deprecations or {}).items()
+                    if k in {r.id for r in records}}
+    columns = ["id", "stage", "state", "name"] + (["aliases"] if by_id else []) \
+        + (["end of life"] if deprecations else []) + ["created"]
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for column in columns:
         # Ids must stay whole to be copied; on a narrow terminal the name column gives way.
@@ -58,6 +73,7 @@ def artifacts_table(records: Iterable[ArtifactRecord], aliases: dict[str, str] |
     for r in records:
         row = [r.id, r.stage, _state(r.state), r.name or ""]
         row += [", ".join(sorted(by_id.get(r.id, [])))] if by_id else []
+        row += [end_of_life(deprecations.get(r.id))] if deprecations else []
         table.add_row(*row, _short_time(r.created)[5:16])  # MM-DD HH:MM
     return table
 
@@ -90,8 +106,9 @@ def _pairs(title: str, items: dict[str, Any]) -> Table:
 
 
 def show(artifact: Artifact, state: str | None, events: list[Event],
-         aliases: list[str] | None = None) -> Group:
-    """Everything about one artifact: summary, parents, settings, metrics, files, events."""
+         aliases: list[str] | None = None, extra: dict[str, str] | None = None) -> Group:
+    """Everything about one artifact: summary, parents, settings, metrics, files, events.
+    `extra` adds summary lines (where a retirement report or an archive bundle is)."""
     summary = {"id": artifact.id, "kind": artifact.kind, "stage": artifact.stage,
                "state": state or "-", "created": artifact.created, "path": str(artifact.path),
                "lmforge": artifact.manifest.get("lmforge_version", "?")}
@@ -99,6 +116,7 @@ def show(artifact: Artifact, state: str | None, events: list[Event],
         summary["name"] = artifact.name
     if aliases:
         summary["aliases"] = ", ".join(aliases)
+    summary.update(extra or {})
     files = Table(title="files", title_justify="left")
     files.add_column("path")
     files.add_column("size", justify="right")
@@ -110,11 +128,20 @@ def show(artifact: Artifact, state: str | None, events: list[Event],
                         _pairs("metrics", artifact.metrics), files]
     if events:
         history = Table(title="lifecycle", title_justify="left")
-        for column in ("time", "from", "to", "reason", "forced", "on the record"):
+        for column in ("time", "from", "to", "reason", "forced", "by", "on the record"):
             history.add_column(column)
+        commands = Table(title="lifecycle commands", title_justify="left", box=None,
+                         show_header=False)
+        commands.add_column(style="dim", no_wrap=True)
+        commands.add_column(overflow="fold")
         for e in events:
+            announced = end_of_life(e) if e.to_state == "deprecated" else ""
             history.add_row(_short_time(e.time), e.from_state or "-", _state(e.to_state),
                             e.reason, Text("FORCED", style="bold red") if e.forced else "",
-                            e.note)
+                            e.actor, "; ".join(p for p in (announced, e.note) if p))
+            if e.command:  # whole, so it can be read back and run again
+                commands.add_row(f"{_short_time(e.time)} -> {e.to_state}", e.command)
         parts.append(history)
+        if commands.row_count:
+            parts.append(commands)
     return Group(*parts)

@@ -26,7 +26,12 @@ from lmforge.errors import LmforgeError
 from lmforge.registry import db
 from lmforge.registry.artifact import Artifact, ArtifactRecord, Event
 from lmforge.registry.index import Parents, insert_artifact, parent_ids
-from lmforge.registry.lifecycle import INITIAL_STATES, apply_move, check_state_name
+from lmforge.registry.lifecycle import (
+    INITIAL_STATES,
+    AlsoInMove,
+    apply_move,
+    check_state_name,
+)
 from lmforge.registry.lineage import lineage_tree
 from lmforge.registry.manifest import (
     MANIFEST_NAME,
@@ -149,6 +154,10 @@ class Workspace:
             raise LmforgeError(f"{rec.id} is a {rec.kind}, expected a {kind}",
                                f"pass a {kind} (see `lmforge registry ls --kind {kind}`)")
         if not rec.path.is_dir():
+            if rec.state == "archived" and (where := self.archive_of(rec.id)):
+                raise LmforgeError(f"model {rec.id} is archived: its files are in "
+                                   f"{where['bundle']}", "bring them back with `lmforge "
+                                   f"registry restore {where['bundle']}`")
             raise LmforgeError(f"artifact {rec.id} is registered but its folder {rec.path} "
                                f"is missing", "restore the folder from a backup, or re-run "
                                "the stage that made it")
@@ -240,11 +249,40 @@ class Workspace:
         """The lifecycle state, or None for artifacts without one (non-models)."""
         return self.record(ref).state
 
-    def set_state(self, ref: str, to_state: str, reason: str, force: bool = False) -> Event:
+    def set_state(self, ref: str, to_state: str, reason: str, force: bool = False, *,
+                  sunset: str | None = None, successor: str | None = None, note: str = "",
+                  also: AlsoInMove | None = None) -> Event:
         """Move a model to `to_state`, checking the move and (for `approved`) that passing
-        eval and red-team reports of it exist. `force` overrides; the event says so."""
+        eval and red-team reports of it exist. `force` overrides; the event says so. The
+        keywords are for the end-of-life commands (registry/retire.py, registry/archive.py)."""
         with self._lock:
-            return apply_move(self._conn, self.root, ref, to_state, reason, force)
+            return apply_move(self._conn, self.root, ref, to_state, reason, force,
+                              sunset=sunset, successor=successor, note=note, also=also)
+
+    def deprecations(self) -> dict[str, Event]:
+        """model id -> its latest deprecation event, for models still deprecated or past it
+        (retired, archived): what `registry ls` marks and a server announces."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT e.* FROM events e JOIN artifacts a ON a.id = e.artifact_id "
+                "WHERE e.to_state = 'deprecated' AND a.state IN ('deprecated', 'retired', "
+                "'archived') ORDER BY e.seq").fetchall()
+        return {r["artifact_id"]: Event.from_row(r) for r in rows}  # later seq wins
+
+    def manifest_digest(self, ref: str) -> str:
+        """The sha256 of manifest.json as registered: what guards the manifest itself."""
+        art_id = self.record(ref).id
+        with self._lock:
+            return self._conn.execute("SELECT manifest_sha256 FROM artifacts WHERE id = ?",
+                                      (art_id,)).fetchone()[0]
+
+    def archive_of(self, ref: str) -> dict[str, str] | None:
+        """Where an archived model's files are: {bundle, bundle_sha256, index_path, time}."""
+        art_id = self.record(ref).id
+        with self._lock:
+            row = self._conn.execute("SELECT bundle, bundle_sha256, index_path, time FROM "
+                                     "archives WHERE artifact_id = ?", (art_id,)).fetchone()
+        return dict(row) if row is not None else None
 
     def history(self, ref: str) -> builtins.list[Event]:
         """Every lifecycle move of `ref`, oldest first."""
