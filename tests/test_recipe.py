@@ -142,9 +142,17 @@ def test_builtin_quickstart_recipe_loads():
     recipe = load_recipe("quickstart", [], tuple(STAGES))
     assert [s.stage for s in recipe.steps][:3] == ["corpus", "curate", "tokenizer"]
     methods = {s.name: s.params.get("method") for s in recipe.steps if s.stage == "finetune"}
-    assert methods == {"sft": "sft", "reward": "reward", "dpo": "dpo", "rlhf": "rlhf"}
-    judge = recipe.steps[-1]  # it ends by printing the win rates against the SFT model
+    assert methods == {"sft": "sft", "reward": "reward", "dpo": "dpo", "rlhf": "rlhf",
+                       "safety": "sft"}
+    steps = {s.name: s for s in recipe.steps}
+    judge = steps["judge"]  # it prints the win rates against the SFT model
     assert judge.stage == "judge" and judge.params["models"][0] == "@sft"
+    # It ends with the red-team loop on the SFT model, printing the figures before and after.
+    assert [s.stage for s in recipe.steps[-5:]] == ["redteam", "safety-data", "finetune",
+                                                    "redteam", "redteam-compare"]
+    assert steps["redteam"].params["target"] == "@sft" == steps["safety"].params["model"]
+    assert steps["safety"].params["data"] == ["@safety-data"]
+    assert steps["safety-check"].params == {"before": "@redteam", "after": "@redteam-after"}
     assert recipe.description.split(" -> ") == [s.name for s in recipe.steps]
 
 

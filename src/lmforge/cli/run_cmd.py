@@ -17,7 +17,8 @@ from lmforge.train.distributed import launched_world
 @app.command(rich_help_panel="Start here",
              help="Run a recipe's stages in order (default: the built-in quickstart on the "
                   "embedded corpus: corpus, curate, tokenizer, design, init, tokenize, "
-                  "pretrain, eval, sft, samples, tools, reward, dpo, rlhf, judge; recipes/ "
+                  "pretrain, eval, sft, samples, tools, reward, dpo, rlhf, judge, then red "
+                  "teaming, safety tuning and a re-test printed before and after; recipes/ "
                   "holds more). Run again, it skips every step whose inputs and settings are "
                   "unchanged, and resumes an interrupted training step from its checkpoint.")
 def run(

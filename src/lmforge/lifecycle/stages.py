@@ -39,6 +39,10 @@ from lmforge.lifecycle.feedback_tune import FeedbackTuneSettings
 from lmforge.lifecycle.feedback_tune import run as run_feedback_tune
 from lmforge.model.stage import InitSettings
 from lmforge.model.stage import run as run_init
+from lmforge.redteam.compare_stage import RedteamCompareSettings
+from lmforge.redteam.compare_stage import run as run_redteam_compare
+from lmforge.redteam.safety_data import SafetyDataSettings
+from lmforge.redteam.safety_data import run as run_safety_data
 from lmforge.redteam.stage import RedteamSettings
 from lmforge.redteam.stage import run as run_redteam
 from lmforge.registry import Workspace
@@ -92,4 +96,6 @@ STAGES: dict[str, Callable[[Context, str, dict[str, Any]], StepOutput]] = {
     "compare": seam(CompareSettings, run_compare),
     "judge": seam(JudgeSettings, run_judge),
     "redteam": seam(RedteamSettings, run_redteam),
+    "safety-data": seam(SafetyDataSettings, run_safety_data),
+    "redteam-compare": seam(RedteamCompareSettings, run_redteam_compare),
 }

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lmforge.data.preferences import PairReport, load_pairs, split_pairs
+from lmforge.data.training_sets import resolve_training_sets
 from lmforge.errors import LmforgeError
 from lmforge.model.io import load_model_dir, model_card, save_model_dir
 from lmforge.model.transformer import Transformer
@@ -95,6 +96,7 @@ def run_dpo(ws: Workspace, s, show_progress: bool = True, on_step=None,
         reference, ref_tok = load_model_dir(reference_art.path)
         _check_reference(model, tok, reference, ref_tok, base.id, reference_art.id)
     refs, fallback_note = data_refs(s)
+    refs, set_ids = resolve_training_sets(ws, refs, "dpo")  # preference-dataset artifacts
     notes = [fallback_note] if fallback_note else []
     train_pairs, val_pairs = _pairs(s, refs, t.seed, notes)
     train_units, cut_train = make_units(tok, train_pairs, t.seq_len)
@@ -171,6 +173,8 @@ def run_dpo(ws: Workspace, s, show_progress: bool = True, on_step=None,
     parents: dict[str, Any] = {"base": base.id}
     if "tokenizer" in base.parents:
         parents["tokenizer"] = base.parents["tokenizer"]
+    if set_ids:
+        parents["data"] = set_ids
     if reference_art is not None:
         parents["reference"] = reference_art.id
     settings = {"method": "dpo", "data": refs, "val_data": list(s.val_data),

@@ -28,6 +28,7 @@ import torch
 from lmforge.curate.config import resolve_path
 from lmforge.data.shards import TokenShards
 from lmforge.data.stage import resolve_inputs
+from lmforge.data.training_sets import resolve_training_sets
 from lmforge.errors import LmforgeError
 from lmforge.model.io import load_model_dir, model_card, save_model_dir
 from lmforge.model.transformer import Transformer
@@ -385,6 +386,10 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
                                                 t.seq_len, t.seed)
             parents["replay"] = tokens.id
     else:
+        # A `chat-dataset` artifact (a recipe's `data = ["@safety-data"]`) is read as its file.
+        refs, set_ids = resolve_training_sets(ws, refs, s.method)
+        if set_ids:
+            parents["data"] = set_ids
         train_seqs, val_seqs, held_out = _sft_data(ws, s, refs, tok, notes)
         prompts = prompts or held_out
     # Shuffle before packing (seeded): rows mix documents, and replayed windows spread out.

@@ -252,6 +252,7 @@ def run_reward(ws: Workspace, s: Any, show_progress: bool = True, on_step=None) 
     """Train a reward model from the model `s.model` on `s.data` (FinetuneSettings) and
     register it (kind `reward-model`); details are the TrainResult."""
     from lmforge.data.preferences import PairReport, load_pairs, split_pairs
+    from lmforge.data.training_sets import resolve_training_sets
     from lmforge.train.finetune import data_refs
 
     base = ws.resolve(s.model, kind="model")
@@ -265,6 +266,7 @@ def run_reward(ws: Workspace, s: Any, show_progress: bool = True, on_step=None) 
         raise LmforgeError("--lora is not supported with --method reward",
                            hint="train the whole reward model: drop --lora")
     refs, fallback_note = data_refs(s)
+    refs, _ = resolve_training_sets(ws, refs, "reward")  # preference-dataset artifacts
     notes = [fallback_note] if fallback_note else []
     report = PairReport()
     pairs = load_pairs(refs, report)
