@@ -276,14 +276,3 @@ def test_fallback_reads_a_local_hf_dataset_end_to_end(tmp_path):
     assert art.metrics["warnings"][0].startswith("source 'stories':")
     assert "hub-copy:train[2:10]" in art.metrics["warnings"][0]
 
-
-def test_datatrove_executor_gives_the_same_bytes(tmp_path):
-    pytest.importorskip("datatrove")
-    web = _stories(tmp_path)
-    base = {"sources": {"web": {"paths": [str(web)]}}, "shard_documents": 5}
-    one, out1 = _run(tmp_path, base, "procs")
-    dt, out2 = _run(tmp_path, {**base, "executor": "datatrove", "workers": 2}, "dt")
-    assert one.parts == dt.parts
-    for part in one.parts + ["stats.json"]:
-        assert (out1 / part).read_bytes() == (out2 / part).read_bytes()
-    assert (tmp_path / "run-dt" / "datatrove-logs").is_dir()

@@ -54,8 +54,8 @@ def curate(
                                           f"{', '.join(PRESETS)} (default: web; docs for "
                                           "pydocs)."),
     workers: int = typer.Option(None, "--workers", "-j", help="Worker processes (or tasks)."),
-    executor: str = typer.Option(None, help="processes (default) or datatrove: runs the "
-                                           "per-shard work as datatrove tasks."),
+    executor: str = typer.Option(None, help="processes (default) or datatrove: runs every "
+                                           "phase as datatrove tasks (same output)."),
     text_field: str = typer.Option("text", help="JSONL/Parquet field holding the text."),
     split: str = typer.Option("auto", help=f"Text files: {', '.join(SPLITS)}."),
     decontaminate: list[str] = typer.Option(

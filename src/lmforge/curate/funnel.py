@@ -40,6 +40,20 @@ class Funnel:
         c["documents_out"] += 1
         c["characters_out"] += chars_out
 
+    def passed_many(self, step: str, source: str, documents: int, characters: int) -> None:
+        """`documents` documents of `characters` in all passed unchanged (a reader's count)."""
+        c = self._counts(step, source)
+        c["documents_in"] += documents
+        c["characters_in"] += characters
+        c["documents_out"] += documents
+        c["characters_out"] += characters
+
+    def wants_example(self, step: str, source: str, reason: str) -> bool:
+        """Whether the next removal for `reason` would be kept as an example (so a caller can
+        skip loading the text of documents whose example would be dropped)."""
+        r = self.steps.get(step, {}).get(source, {}).get("reasons", {}).get(reason)
+        return len(r["examples"] if r else []) < self.examples
+
     def removed(self, step: str, source: str, chars_in: int, reason: str,
                 example: dict[str, Any] | None) -> None:
         c = self._counts(step, source)

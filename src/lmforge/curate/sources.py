@@ -1,22 +1,18 @@
-"""Inputs of curation: a named source's documents (files, folders, globs, hf:NAME, dataset
-artifacts, the embedded corpus) read tolerantly, and the evaluation sets to decontaminate
-against."""
+"""Inputs of curation: which refs of a source are paths and which are datasets, a source's
+fallback when its local files are absent, and the evaluation sets to decontaminate against
+(reading the sources is curate/reading.py's job)."""
 
 from __future__ import annotations
 
 import dataclasses
 import glob
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from lmforge.curate.config import CurationConfig, DecontamConfig, SourceConfig
+from lmforge.curate.config import CurationConfig, DecontamConfig
 from lmforge.curate.decontam import BUILTIN_EVAL_SETS, Decontaminator, load_eval_set
-from lmforge.data.documents import Document
 from lmforge.data.eval_root import eval_data_root
 from lmforge.data.files import DATA_SUFFIXES, has_magic
 from lmforge.data.hub import is_hub_spec
-from lmforge.data.read import read_documents
-from lmforge.data.readers import ReadErrors
 from lmforge.errors import LmforgeError
 
 EMBEDDED = "pydocs"
@@ -66,39 +62,6 @@ def resolve_sources(cfg: CurationConfig) -> tuple[CurationConfig, list[str]]:
                      "its id or alias (`lmforge registry ls --kind dataset`)")
         sources.append(src)
     return dataclasses.replace(cfg, sources=sources), notes
-
-
-def read_source(source: SourceConfig, resolve_dataset: Callable[[str], Iterator[Document]]
-                ) -> tuple[Iterator[Document], ReadErrors]:
-    """The source's documents, each labelled with the source's name; problems (bad lines,
-    unreadable files, a path that matches nothing) are collected, not raised, so one bad file
-    does not stop a long run. Read the collector after the documents are consumed."""
-    errors = ReadErrors()
-
-    def documents() -> Iterator[Document]:
-        paths = [p for p in source.paths if is_path(p)]
-        for ref in source.paths:
-            if ref == EMBEDDED:
-                from lmforge.data.corpora.pydocs import build_pydocs_corpus
-
-                yield from _relabel(build_pydocs_corpus(), source.name)
-            elif not is_path(ref):
-                try:
-                    yield from _relabel(resolve_dataset(ref), source.name)
-                except Exception as e:  # noqa: BLE001 - reported per source, the run goes on
-                    errors.add(ref, None, f"not a file, folder, glob or dataset: {e}",
-                               kind="unreadable", source=source.name)
-        if paths:
-            yield from read_documents(paths, text_field=source.text_field, source=source.name,
-                                      split=source.split, errors=errors)
-
-    return documents(), errors
-
-
-def _relabel(docs, name: str) -> Iterator[Document]:
-    for doc in docs:
-        meta = doc.meta if doc.source == name else {**doc.meta, "origin": doc.source}
-        yield Document(doc.id, doc.text, name, meta)
 
 
 def build_decontaminator(cfg: DecontamConfig, data_root: str | Path | None = None

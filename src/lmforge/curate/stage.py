@@ -60,9 +60,34 @@ class _Bars:
         self.progress.update(self.tasks[phase], completed=done, total=total)
 
 
-def curate_stage(ws: Workspace, raw: dict[str, Any], where: str = "curation recipe",
-                 show_progress: bool = True, keep_run: bool = False) -> Artifact:
-    """Curate the sources `raw` describes (see curate/config.py) into a dataset artifact."""
+@dataclass(frozen=True)
+class DatasetResolver:
+    """Dataset refs -> their documents, from artifact folders resolved up front: a plain
+    object, so it travels to worker processes and cluster tasks (a Workspace does not)."""
+
+    folders: dict[str, str]
+
+    def __call__(self, ref: str) -> Iterator[Document]:
+        if ref not in self.folders:
+            raise LmforgeError(f"dataset {ref!r} was not resolved before the run")
+        return dataset_documents(Path(self.folders[ref]))
+
+
+@dataclass
+class PreparedRun:
+    """Everything a curation run needs, checked before any work."""
+
+    config: CurationConfig
+    notes: list[str]  # e.g. a source read from its fallback
+    parents: dict[str, list[str]]
+    resolve_dataset: DatasetResolver
+    tokenizer_file: str | None
+    run_dir: Path
+
+
+def prepare_run(ws: Workspace, raw: dict[str, Any], where: str = "curation recipe"
+                ) -> PreparedRun:
+    """Check a curation table against the workspace: sources, datasets, tokenizer, run folder."""
     # Local paths first (a missing one stops the run, or its source reads its fallback),
     # then dataset refs, once, up front: their ids are parents, a typo fails before any work,
     # and their files are verified once.
@@ -78,20 +103,25 @@ def curate_stage(ws: Workspace, raw: dict[str, Any], where: str = "curation reci
     parents: dict[str, list[str]] = {}
     if datasets:
         parents["data"] = list(dict.fromkeys(a.id for a in datasets.values()))
-
-    def resolve_dataset(ref: str) -> Iterator[Document]:
-        art = datasets.get(ref) or ws.resolve(ref, kind="dataset")
-        return dataset_documents(art.path)
-
     tokenizer_file = None
     if cfg.balance_tokenizer:
         tok_art = ws.resolve(cfg.balance_tokenizer, kind="tokenizer")
         tokenizer_file = str(tok_art.file("tokenizer.json"))
         parents["tokenizer"] = [tok_art.id]
-    run_dir = ws.runs_dir / f"curate-{run_key(cfg)}"
+    return PreparedRun(cfg, notes, parents,
+                       DatasetResolver({ref: str(a.path) for ref, a in datasets.items()}),
+                       tokenizer_file, ws.runs_dir / f"curate-{run_key(cfg)}")
+
+
+def curate_stage(ws: Workspace, raw: dict[str, Any], where: str = "curation recipe",
+                 show_progress: bool = True, keep_run: bool = False) -> Artifact:
+    """Curate the sources `raw` describes (see curate/config.py) into a dataset artifact."""
+    prep = prepare_run(ws, raw, where)
+    cfg, parents, run_dir = prep.config, prep.parents, prep.run_dir
     bars = _Bars(show_progress)
     with ws.staging() as out, bars.progress:
-        result = run_pipeline(cfg, run_dir, out, resolve_dataset, tokenizer_file, bars, notes)
+        result = run_pipeline(cfg, run_dir, out, prep.resolve_dataset, prep.tokenizer_file,
+                              bars, prep.notes)
         if result.documents == 0:
             raise LmforgeError(
                 f"curation removed every document ({'; '.join(result.stats['warnings'])})",

@@ -34,17 +34,28 @@ class DocumentPartWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
-        name = f"documents-{len(self.parts):05d}.{self.fmt}"
-        if self.fmt == "jsonl":
-            write_documents_jsonl(self._buffer, self.out_dir / name)
-        else:
-            _write_parquet(self._buffer, self.out_dir / name)
-        self.parts.append(name)
+        self.parts.append(write_part(self._buffer, self.out_dir, len(self.parts), self.fmt))
         self._buffer = []
 
     def close(self) -> list[str]:
         self._flush()
         return self.parts
+
+
+def part_name(index: int, fmt: str) -> str:
+    """The file name of a dataset's part `index` (0-based)."""
+    return f"documents-{index:05d}.{fmt}"
+
+
+def write_part(docs: list[Document], out_dir: Path, index: int, fmt: str) -> str:
+    """Write part `index` of a dataset atomically; return its file name. Parts can be written
+    in any order, by any process: a part's name and bytes depend only on its documents."""
+    name = part_name(index, fmt)
+    if fmt == "jsonl":
+        write_documents_jsonl(docs, Path(out_dir) / name)
+    else:
+        _write_parquet(docs, Path(out_dir) / name)
+    return name
 
 
 def _write_parquet(docs: list[Document], path: Path) -> None:

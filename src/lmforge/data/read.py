@@ -16,7 +16,7 @@ from lmforge.data.hub import default_source, is_hub_spec, parse_spec, read_hub_s
 from lmforge.data.readers import SPLITS, ReadErrors, ReadProblem
 from lmforge.errors import LmforgeError
 
-__all__ = ["read_documents"]
+__all__ = ["expand_inputs", "read_documents", "read_input"]
 
 
 def _inputs(arg: str | Path, errors: ReadErrors | None) -> list[FileInput | str]:
@@ -60,33 +60,49 @@ def read_documents(paths: Sequence[str | Path] | str | Path, text_field: str = "
         paths = [paths]
     if not paths:
         raise LmforgeError("no input paths given", hint="pass at least one file or folder")
-    inputs = [item for arg in paths for item in _inputs(arg, errors)]  # fail fast on bad paths
+    inputs = expand_inputs(paths, errors)  # fail fast on bad paths
     count = 0
     for item in inputs:
-        if isinstance(item, str):
-            where: str | Path = item
-            src = source or default_source(parse_spec(item).name)
-            docs = read_hub_spec(item, text_field, source, errors)
-        else:
-            where, src = item.path, source or item.default_source
-            docs = read_file(item, source, split, text_field, make_reporter(where, src, errors))
-        before = errors.count if errors is not None else 0
-        found = 0
-        try:
-            for doc in docs:
-                found += 1
-                yield doc
-        except ReadProblem as p:  # the rest of this file cannot be read
-            make_reporter(where, src, errors)(p.line, p.kind, p.reason, hint=p.hint,
-                                              excerpt=p.excerpt)
-        except OSError as e:
-            make_reporter(where, src, errors)(
-                None, "unreadable", f"cannot read ({e.strerror or e})",
-                hint="check that the file exists and is readable")
-        count += found
-        if errors is not None and not found and errors.count == before:
-            errors.add(where, None, "no documents", kind="no_documents", source=src)
+        for doc in read_input(item, text_field, source, split, errors):
+            count += 1
+            yield doc
     if count == 0 and errors is None:
         shown = ", ".join(str(p) for p in paths)
         raise LmforgeError(f"no documents with text in {shown}",
                            hint="the input files are empty or hold only whitespace")
+
+
+def expand_inputs(paths: Sequence[str | Path], errors: ReadErrors | None
+                  ) -> list[FileInput | str]:
+    """Every argument's files (and `hf:` specs), in order. A missing path raises; a folder or
+    glob with nothing to read is recorded in `errors` (or raises without it)."""
+    return [item for arg in paths for item in _inputs(arg, errors)]
+
+
+def read_input(item: FileInput | str, text_field: str = "text", source: str | None = None,
+               split: str = "auto", errors: ReadErrors | None = None) -> Iterator[Document]:
+    """The documents of one item of `expand_inputs` (see `read_documents`). Reading items one
+    by one lets a caller split a source's files between tasks and still count every problem
+    the way one `read_documents` call would."""
+    if isinstance(item, str):
+        where: str | Path = item
+        src = source or default_source(parse_spec(item).name)
+        docs = read_hub_spec(item, text_field, source, errors)
+    else:
+        where, src = item.path, source or item.default_source
+        docs = read_file(item, source, split, text_field, make_reporter(where, src, errors))
+    before = errors.count if errors is not None else 0
+    found = 0
+    try:
+        for doc in docs:
+            found += 1
+            yield doc
+    except ReadProblem as p:  # the rest of this file cannot be read
+        make_reporter(where, src, errors)(p.line, p.kind, p.reason, hint=p.hint,
+                                          excerpt=p.excerpt)
+    except OSError as e:
+        make_reporter(where, src, errors)(
+            None, "unreadable", f"cannot read ({e.strerror or e})",
+            hint="check that the file exists and is readable")
+    if errors is not None and not found and errors.count == before:
+        errors.add(where, None, "no documents", kind="no_documents", source=src)

@@ -60,7 +60,11 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
     return atomic_write_bytes(path, text.encode(encoding))
 
 
-def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
-    """Write `obj` as JSON (keys sorted, so equal objects give equal bytes); return the path."""
-    text = json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False, allow_nan=False)
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2,
+                      sort_keys: bool = True) -> Path:
+    """Write `obj` as JSON (keys sorted, so equal objects give equal bytes); return the path.
+    `sort_keys=False` keeps the dicts' order, for state read back where order means something
+    (sources in recipe order)."""
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False,
+                      allow_nan=False)
     return atomic_write_text(path, text + "\n")
