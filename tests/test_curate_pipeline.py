@@ -14,6 +14,7 @@ from lmforge.curate import pipeline as pipeline_mod
 from lmforge.curate import shard_worker
 from lmforge.curate.config import parse_config
 from lmforge.curate.pipeline import run_pipeline
+from lmforge.curate.report import report_markdown, validate_stats
 from lmforge.curate.stage import curate_stage, load_stats
 from lmforge.data.parts import dataset_documents
 from lmforge.errors import LmforgeError
@@ -167,7 +168,12 @@ def test_per_source_presets_and_balance(tmp_path):
     assert by_source["web"] == pytest.approx(100, abs=2)
     assert by_source["docs"] == pytest.approx(100, abs=2)
     mixture = next(s for s in result.stats["steps"] if s["name"] == "balance")["mixture"]
-    assert mixture  # the final mixture is reported
+    assert mixture["sources"]["web"]["size_after"] == by_source["web"]
+    # The report reads the plan balance wrote (it once looked for other key names and
+    # failed on every balanced curation).
+    validate_stats(result.stats, "stats.json")
+    table = report_markdown(result.stats)
+    assert "Share before" in table and f"{by_source['web']:,}" in table
 
 
 def test_config_errors_name_the_place(tmp_path):

@@ -59,8 +59,8 @@ def stats():
              "eval_items_found": {"hellaswag": [12, 40]}},
             {"name": "balance", "by_source": {"web": _counts(600, 330_000, 600, 330_000)},
              "mixture": {"by": "tokens", "sources": {"web": {
-                 "before": 80_000, "after": 80_000, "share_before": 1.0, "share_after": 1.0,
-                 "repeat": 1.0}}}},
+                 "size_before": 80_000, "size_after": 80_000, "share_before": 1.0,
+                 "share_after": 1.0, "effective_repeat": 1.0}}}},
         ],
         "read_errors": {"count": 10, "examples": [
             {"file": "a.jsonl", "line": 3, "reason": "invalid JSON (Expecting ',' delimiter)"},
@@ -160,8 +160,8 @@ def test_funnel_png_needs_matplotlib(stats, tmp_path, monkeypatch):
      "sources['web'].characters_in: expected int, got str"),
     (lambda s: s["steps"][1]["by_source"]["web"]["reasons"]["gopher_quality:symbol_ratio"]
      .pop("count"), "reasons['gopher_quality:symbol_ratio']: missing key 'count'"),
-    (lambda s: s["steps"][5]["mixture"]["sources"]["web"].pop("repeat"),
-     "mixture.sources['web']: missing key 'repeat'"),
+    (lambda s: s["steps"][5]["mixture"]["sources"]["web"].pop("effective_repeat"),
+     "mixture.sources['web']: missing key 'effective_repeat'"),
     (lambda s: s.update(warnings="oops"), "warnings: expected list, got str"),
 ])
 def test_validate_stats_names_the_problem(stats, breakage, message):

@@ -46,11 +46,12 @@ class StepCounts(Counts, _StepCountsExtra):
 
 
 class MixtureSource(TypedDict):
-    before: float  # documents, characters or tokens (see Mixture.by) before balancing
-    after: float
+    """One source's row of the balance step's plan (curate/balance.py writes it)."""
+    size_before: float  # documents, characters or tokens (see Mixture.by) before balancing
+    size_after: float
     share_before: float  # fraction of the whole mixture, 0..1
     share_after: float
-    repeat: float  # how many times the source is seen (<1 sampled down, >1 repeated)
+    effective_repeat: float  # times the source is seen (<1 sampled down, >1 repeated)
 
 
 class Mixture(TypedDict):
@@ -88,7 +89,7 @@ class Stats(_StatsExtra):
 
 
 _COUNTS = ("documents_in", "characters_in", "documents_out", "characters_out")
-_MIXTURE = ("before", "after", "share_before", "share_after", "repeat")
+_MIXTURE = ("size_before", "size_after", "share_before", "share_after", "effective_repeat")
 _HINT = "the file is not an lmforge curation stats.json, or it is damaged; re-run the curation"
 
 
@@ -316,9 +317,9 @@ def _sections(stats: dict, examples: int, source: str | None) -> list[_Section]:
             out.append(_Section(f"Mixture (by {mix['by']})",
                                 ["Source", "Before", "After", "Share before", "Share after",
                                  "Repeat"],
-                                [[s, f"{m['before']:,.0f}", f"{m['after']:,.0f}",
+                                [[s, f"{m['size_before']:,.0f}", f"{m['size_after']:,.0f}",
                                   f"{m['share_before']:.1%}", f"{m['share_after']:.1%}",
-                                  f"{m['repeat']:.2f}×"]
+                                  f"{m['effective_repeat']:.2f}×"]
                                  for s, m in mix["sources"].items()]))
     errs = stats.get("read_errors")
     if errs and errs["count"]:
