@@ -19,6 +19,7 @@ from lmforge.data.read import read_documents
 from lmforge.data.shards import tokenize_to_shards
 from lmforge.errors import LmforgeError
 from lmforge.registry import Artifact, Workspace, atomic_write_json
+from lmforge.rerun import input_record, rerun_metrics
 from lmforge.stage import Outcome, check_keys
 from lmforge.tokenizer import train_tokenizer
 
@@ -49,7 +50,8 @@ def register_files(ws: Workspace, paths: Sequence[str], text_field: str = "text"
         write_documents_jsonl(docs, d / DOCUMENTS_FILE)
         return ws.register(d, kind="dataset", stage="files", parents=None,
                            settings={"text_field": text_field, "split": split},
-                           metrics={**corpus_stats(docs), "paths": [str(p) for p in paths]},
+                           metrics={**corpus_stats(docs), "paths": [str(p) for p in paths],
+                                    **rerun_metrics(input_record(paths))},
                            name=name)
 
 
@@ -107,7 +109,8 @@ def train_tokenizer_stage(ws: Workspace, inputs: Sequence[str], vocab_size: int,
                            settings={"vocab_size": vocab_size, "min_frequency": min_frequency,
                                      "inputs": [str(i) for i in inputs],
                                      "text_field": text_field},
-                           metrics={"vocab_size": tok.vocab_size, **counts},
+                           metrics={"vocab_size": tok.vocab_size, **counts,
+                                    **rerun_metrics(input_record(inputs))},
                            name=f"bpe-{tok.vocab_size}")
 
 
@@ -150,7 +153,9 @@ def tokenize_stage(ws: Workspace, dataset_ref: str, tokenizer_ref: str,
                            metrics={"train_tokens": train["tokens"], "val_tokens": val["tokens"],
                                     "train_documents": train["documents"],
                                     "val_documents": val["documents"],
-                                    "val_bytes": val["bytes"], "dtype": index["dtype"]})
+                                    "val_bytes": val["bytes"], "dtype": index["dtype"],
+                                    **rerun_metrics(input_record(
+                                        [dataset_ref, *([val_data] if val_data else [])]))})
 
 
 def _dataset_summary(art: Artifact) -> str:

@@ -33,6 +33,7 @@ from lmforge.errors import LmforgeError
 from lmforge.model.io import load_model_dir, model_card, save_model_dir
 from lmforge.model.transformer import Transformer
 from lmforge.registry import Artifact, Workspace, atomic_write_json
+from lmforge.rerun import input_record, rerun_metrics, training_record
 from lmforge.runtime import resolve_device
 from lmforge.stage import Outcome, check_keys
 from lmforge.tokenizer import Tokenizer
@@ -429,7 +430,11 @@ def run(ws: Workspace, s: FinetuneSettings, show_progress: bool = True, on_step=
                                "tokens": result.tokens, "train_loss": result.train_loss,
                                "val_loss_before": val_before, "val_loss": result.val_loss,
                                "train_seconds": round(result.seconds, 1),
-                               "train_sequences": len(train_seqs)}
+                               "train_sequences": len(train_seqs),
+                               **rerun_metrics(input_record([*refs, *s.val_data]),
+                                               training_record(device.type),
+                                               {"text_field": s.text_field,
+                                                "prompts": list(s.prompts)})}
     if notes:
         metrics["warnings"] = notes
     for name in before:

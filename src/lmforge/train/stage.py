@@ -20,6 +20,8 @@ from lmforge.errors import LmforgeError
 from lmforge.model.io import load_model_dir, model_card, save_model_dir
 from lmforge.model.transformer import Transformer
 from lmforge.registry import Workspace, atomic_write_json
+from lmforge.rerun import rerun_metrics, training_record
+from lmforge.runtime import resolve_device
 from lmforge.stage import Outcome
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.batches import TokenWindows
@@ -127,7 +129,8 @@ def run(ws: Workspace, settings: PretrainSettings, show_progress: bool = True,
     model.to("cpu").float()
     metrics = {"steps": result.steps, "tokens": result.tokens, "train_loss": result.train_loss,
                "val_loss": result.val_loss, "best_step": result.best_step,
-               "train_seconds": round(result.seconds, 1), "stopped_early": result.stopped_early}
+               "train_seconds": round(result.seconds, 1), "stopped_early": result.stopped_early,
+               **rerun_metrics(training_record(resolve_device(s.device).type))}
     if bpb_scale:
         metrics["val_bpb"] = result.val_loss * bpb_scale
     card = model_card(model.design, f"{model.design.name} (pretrained)",
