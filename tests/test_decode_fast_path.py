@@ -1,7 +1,8 @@
-"""The single-stream decode path: rows of a KV cache in step take a rotary-table slice and no
-attention mask, and read the cache's lengths once per forward (KVCache.begin). It must give
-what the general path (a positions tensor and a mask) gives, and greedy decoding must stay
-what it was: equal to decoding without a cache and to the batched engine."""
+"""The decode fast paths. In the general forward, rows of a KV cache in step take a
+rotary-table slice and no attention mask, and read the cache's lengths once per forward
+(KVCache.begin); a small model's decode steps run `decode_step` on fused, transposed weights.
+Both must give what the general path (a positions tensor and a mask) gives, and greedy
+decoding must stay what it was: equal to decoding without a cache and to the batched engine."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import torch
 from lmforge.design.spec import ModelDesign
 from lmforge.engine.generate import generate_batch, generate_tokens
 from lmforge.engine.sampling import SamplingParams
+from lmforge.model import decode_step as decode_step_module
+from lmforge.model.decode_step import decode_step, decode_weights
 from lmforge.model.init import initialize
+from lmforge.model.lora import apply_lora
 from lmforge.model.transformer import Transformer
 
 DESIGN = ModelDesign(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=512,
@@ -72,3 +76,46 @@ def test_a_refused_forward_leaves_the_cache_usable(model):
     assert cache.lengths.tolist() == [3]
     step = model(torch.tensor([[4]]), cache)
     assert torch.allclose(step[:, -1], model(torch.tensor([[1, 2, 3, 4]]))[:, -1], atol=1e-5)
+
+
+@torch.no_grad()
+def test_the_fused_decode_step_equals_the_general_forward(model):
+    """decode_step (fused, transposed weights) against Transformer.forward on the same
+    cache history, rows in step and out of step (a mask), with the same cache writes."""
+    for lengths in ([9, 9], [9, 4, 13]):
+        ids = torch.randint(0, 512, (len(lengths), max(lengths)),
+                            generator=torch.Generator().manual_seed(3))
+        fast, general = model.new_cache(len(lengths)), model.new_cache(len(lengths))
+        real = torch.tensor(lengths)
+        model(ids, fast, lengths=real)
+        model(ids, general, lengths=real)
+        token = ids[:, -1]
+        weights = decode_weights(model)
+        for i in range(5):
+            ends = [n + i + 1 for n in lengths]
+            a = decode_step(model, weights, token, fast, ends)
+            b = model(token[:, None], general)[:, -1]
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+            token = a.argmax(-1)
+        assert fast.lengths.tolist() == general.lengths.tolist() == [n + 5 for n in lengths]
+        for r, n in enumerate(lengths):  # every slot a row wrote, and nothing else
+            assert torch.allclose(fast.keys[:, r, :, :n + 5], general.keys[:, r, :, :n + 5],
+                                  atol=1e-5)
+            assert torch.allclose(fast.values[:, r, :, :n + 5],
+                                  general.values[:, r, :, :n + 5], atol=1e-5)
+
+
+def test_fused_weights_follow_the_model_and_stay_out_of_adapters_and_large_models(
+        model, monkeypatch):
+    trained = initialize(Transformer(DESIGN), "gpt2", seed=5).eval()
+    first = decode_weights(trained)
+    assert decode_weights(trained) is first  # reused while nothing changed
+    with torch.no_grad():
+        trained.model.layers[0].mlp.down_proj.weight.mul_(3)  # a training step, in place
+    assert decode_weights(trained) is not first
+    prompt, params = [1, 17, 42], SamplingParams(temperature=0, max_new_tokens=30)
+    assert list(generate_tokens(trained, prompt, params)) == \
+        list(generate_tokens(trained, prompt, params, use_cache=False))
+    assert decode_weights(apply_lora(trained, r=2)) is None  # adapters: the general forward
+    monkeypatch.setattr(decode_step_module, "FAST_DECODE_MAX_BYTES", 1000)
+    assert decode_weights(model) is None

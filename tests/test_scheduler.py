@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lmforge.design.spec import ModelDesign
+from lmforge.engine import scheduler
 from lmforge.engine.generate import generate_tokens
 from lmforge.engine.sampling import SamplingParams
 from lmforge.engine.scheduler import Engine, EngineOverloaded, GenerationRequest, RequestTooLarge
@@ -53,6 +54,13 @@ def batch_sizes(model, monkeypatch):
         return real(ids, cache, **kw)
 
     monkeypatch.setattr(model, "hidden", spy)
+    real_step = scheduler.decode_step  # the engine's decode steps of a small model
+
+    def step_spy(model, weights, token, cache, ends):
+        seen.append((token.shape[0], 1))
+        return real_step(model, weights, token, cache, ends)
+
+    monkeypatch.setattr(scheduler, "decode_step", step_spy)
     return seen
 
 
@@ -232,6 +240,15 @@ def test_an_error_in_the_model_reaches_the_streams_and_the_loop_goes_on(model, t
         return real(x)
 
     monkeypatch.setattr(model.lm_head, "forward", flaky)
+    real_step = scheduler.decode_step  # decode steps of a small model skip lm_head.forward
+
+    def flaky_step(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom in the head")
+        return real_step(*args)
+
+    monkeypatch.setattr(scheduler, "decode_step", flaky_step)
     prompts = _prompts([5, 9], seed=10)
     with Engine(model, tok) as engine:
         streams = [engine.submit(GenerationRequest(p, GREEDY)) for p in prompts]

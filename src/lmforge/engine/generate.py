@@ -14,6 +14,7 @@ import torch
 
 from lmforge.engine.sampling import SamplingParams, sample_next
 from lmforge.errors import LmforgeError
+from lmforge.model.decode_step import decode_step, decode_weights
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import Tokenizer
 
@@ -44,10 +45,13 @@ def generate_tokens(model: Transformer, prompt: Sequence[int], params: SamplingP
     budget = min(params.max_new_tokens, model.design.context_length - len(prompt))
     ids = torch.tensor([list(prompt)], device=device)
     cache = model.new_cache(1, len(prompt) + budget) if use_cache else None
+    fast = decode_weights(model) if use_cache else None  # None: the general forward decodes
     step_input = ids
-    for _ in range(budget):
-        # The head reads only the last position (a prefill needs no logits for the prompt).
-        logits = model.lm_head(model.hidden(step_input, cache)[:, -1])
+    for i in range(budget):
+        if fast is not None and i > 0:  # a decode step: fused weights, one token
+            logits = decode_step(model, fast, step_input[:, 0], cache, [len(prompt) + i])
+        else:  # the head reads only the last position (the prompt's logits are not needed)
+            logits = model.lm_head(model.hidden(step_input, cache)[:, -1])
         token = sample_next(logits, params, generator)
         value = int(token.item())
         yield value

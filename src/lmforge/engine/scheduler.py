@@ -26,6 +26,7 @@ import torch
 from lmforge.engine.sampling import SamplingParams, sample_next
 from lmforge.engine.streams import RequestStream, StopText, TokenEvent, Wakes, wake
 from lmforge.errors import LmforgeError
+from lmforge.model.decode_step import decode_step, decode_weights
 from lmforge.model.kv_cache import KVCache
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import StreamDecoder, Tokenizer
@@ -226,9 +227,17 @@ class Engine:
         if joining:
             self._prefill(joining)
         if self._running:
-            ids = torch.tensor([[a.pending] for a in self._running], device=self.device)
-            hidden = self.model.hidden(ids, _rows(self.cache, 0, len(self._running)))
-            self._take(self._running, self.model.lm_head(hidden[:, -1]))
+            rows = _rows(self.cache, 0, len(self._running))
+            fast = decode_weights(self.model)  # fused weights of a small model, else None
+            if fast is not None:
+                # Each row holds its prompt and every token it produced but the pending one.
+                ends = [len(a.req.prompt) + a.produced for a in self._running]
+                token = torch.tensor([a.pending for a in self._running], device=self.device)
+                logits = decode_step(self.model, fast, token, rows, ends)
+            else:
+                ids = torch.tensor([[a.pending] for a in self._running], device=self.device)
+                logits = self.model.lm_head(self.model.hidden(ids, rows)[:, -1])
+            self._take(self._running, logits)
             self._counts["steps"] += 1
 
     def _prefill(self, joining: list[_Active]) -> None:
