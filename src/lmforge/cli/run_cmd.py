@@ -44,7 +44,8 @@ def run(
     if plan.description:
         console.print(plan.description)
     results = run_recipe(workspace(), plan, console, force=force, show_progress=progress)
-    console.print(results_table(results))
+    if not results or results[-1].stage != "summary":  # a summary step printed its own
+        console.print(results_table(results))
     last_model = next((r.artifact for r in reversed(results)
                        if r.artifact and r.artifact.startswith("model-")), None)
     console.print(f"done in {time.perf_counter() - start:.1f} s"

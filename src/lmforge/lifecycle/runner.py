@@ -97,6 +97,7 @@ def run_recipe(ws: Workspace, recipe: Recipe, console: Console, force: bool = Fa
         result = StepResult(step.name, step.stage, out.artifact, out.summary, skipped,
                             time.perf_counter() - start)
         results.append(result)
+        ctx.history.append(result)
         status = "[dim]unchanged, skipped[/]" if skipped else f"{result.seconds:.1f} s"
         console.print(f"[green]✓ {step.name:<10}[/] {out.artifact or '':<24} {out.summary} "
                       f"({status})", highlight=False)

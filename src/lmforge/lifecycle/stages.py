@@ -9,7 +9,7 @@ A step returns the artifact it made (or None for a report-only step) and a one-l
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,21 @@ from lmforge.eval.stage import EvalStageSettings
 from lmforge.eval.stage import run as run_eval
 from lmforge.lifecycle.compare import CompareSettings
 from lmforge.lifecycle.compare import run as run_compare
+from lmforge.lifecycle.feedback_sim import SimulateFeedbackSettings
+from lmforge.lifecycle.feedback_sim import run as run_simulate_feedback
 from lmforge.lifecycle.feedback_tune import FeedbackTuneSettings
 from lmforge.lifecycle.feedback_tune import run as run_feedback_tune
+from lmforge.lifecycle.registry_stage import (
+    DeprecateSettings,
+    PromoteSettings,
+    RetireSettings,
+    promote,
+    run_deprecate,
+    run_retire,
+)
+from lmforge.lifecycle.serve_stage import ServeSmokeSettings
+from lmforge.lifecycle.serve_stage import run as run_serve_smoke
+from lmforge.lifecycle.summary import CardSettings, run_card, run_summary
 from lmforge.model.stage import InitSettings
 from lmforge.model.stage import run as run_init
 from lmforge.redteam.compare_stage import RedteamCompareSettings
@@ -59,6 +72,7 @@ class Context:
     base_dir: Path  # relative paths in a recipe are relative to the recipe file
     console: Console
     show_progress: bool = True
+    history: list[Any] = field(default_factory=list)  # the run's StepResults so far (summary)
 
 
 @dataclass
@@ -98,4 +112,12 @@ STAGES: dict[str, Callable[[Context, str, dict[str, Any]], StepOutput]] = {
     "redteam": seam(RedteamSettings, run_redteam),
     "safety-data": seam(SafetyDataSettings, run_safety_data),
     "redteam-compare": seam(RedteamCompareSettings, run_redteam_compare),
+    "promote": seam(PromoteSettings, promote),
+    "deprecate": seam(DeprecateSettings, run_deprecate),
+    "retire": seam(RetireSettings, run_retire),
+    "serve-smoke": seam(ServeSmokeSettings, run_serve_smoke),
+    "simulate-feedback": seam(SimulateFeedbackSettings, run_simulate_feedback),
+    "card": seam(CardSettings, run_card),
+    "summary": run_summary,  # last: it reads ctx.history
 }
+
