@@ -11,6 +11,8 @@ from lmforge.lifecycle.runner import run_recipe
 from lmforge.lifecycle.stages import STAGES
 from lmforge.registry import Workspace
 
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
 RECIPE = """
 name = "mini"
 
@@ -147,13 +149,37 @@ def test_builtin_quickstart_recipe_loads():
     steps = {s.name: s for s in recipe.steps}
     judge = steps["judge"]  # it prints the win rates against the SFT model
     assert judge.stage == "judge" and judge.params["models"][0] == "@sft"
-    # It ends with the red-team loop on the SFT model, printing the figures before and after.
-    assert [s.stage for s in recipe.steps[-5:]] == ["redteam", "safety-data", "finetune",
-                                                    "redteam", "redteam-compare"]
+    # The red-team loop on the SFT model, printing the figures before and after ...
+    loop = [s.name for s in recipe.steps].index("redteam")
+    assert [s.stage for s in recipe.steps[loop:loop + 5]] == [
+        "redteam", "safety-data", "finetune", "redteam", "redteam-compare"]
     assert steps["redteam"].params["target"] == "@sft" == steps["safety"].params["model"]
     assert steps["safety"].params["data"] == ["@safety-data"]
     assert steps["safety-check"].params == {"before": "@redteam", "after": "@redteam-after"}
     assert recipe.description.split(" -> ") == [s.name for s in recipe.steps]
+    # ... then stages 9 to 11: the safety-tuned model evaluated, deployed, served, rated by
+    # simulated users, succeeded by a model tuned on that feedback, deprecated and retired.
+    assert [s.stage for s in recipe.steps[loop + 5:]] == [
+        "eval", "promote", "serve-smoke", "simulate-feedback", "feedback-finetune", "redteam",
+        "promote", "deprecate", "retire", "card", "summary"]
+    assert steps["deploy"].params["model"] == "@safety" == steps["eval-chat"].params["model"]
+    assert steps["successor"].params["model"] == "@deploy" == steps["deprecate"].params["model"]
+    assert steps["deprecate"].params["successor"] == "@promote-successor"
+
+
+def test_full_recipe_is_the_quickstart_with_full_budgets():
+    """recipes/full.toml: the same steps; where a setting differs, it is a budget."""
+    quick = {s.name: s for s in load_recipe("quickstart", [], tuple(STAGES)).steps}
+    full = {s.name: s for s in load_recipe(str(RECIPES / "full.toml"), [],
+                                           tuple(STAGES)).steps}
+    assert list(full) == list(quick)
+    budgets = {"tokens", "epochs", "steps", "limit", "benign_limit"}
+    for name, step in full.items():
+        assert step.stage == quick[name].stage
+        differ = {k for k in step.params.keys() | quick[name].params.keys()
+                  if step.params.get(k) != quick[name].params.get(k)}
+        assert differ <= budgets, (name, differ)
+    assert full["pretrain"].params["tokens"] == 1_600_000 and full["sft"].params["epochs"] == 2
 
 
 def test_a_stopped_training_step_is_one_line_and_exit_130(cli, recipe_dir, monkeypatch):

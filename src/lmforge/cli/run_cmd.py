@@ -15,12 +15,16 @@ from lmforge.train.distributed import launched_world
 
 
 @app.command(rich_help_panel="Start here",
-             help="Run a recipe's stages in order (default: the built-in quickstart on the "
-                  "embedded corpus: corpus, curate, tokenizer, design, init, tokenize, "
-                  "pretrain, eval, sft, samples, tools, reward, dpo, rlhf, judge, then red "
-                  "teaming, safety tuning and a re-test printed before and after; recipes/ "
-                  "holds more). Run again, it skips every step whose inputs and settings are "
-                  "unchanged, and resumes an interrupted training step from its checkpoint.")
+             help="Run a recipe's stages in order (default: the built-in quickstart, all "
+                  "eleven stages on the embedded corpus with small budgets: corpus, curate, "
+                  "tokenizer, design, init, tokenize, pretrain, eval, sft, samples, tools, "
+                  "reward, dpo, rlhf, judge; red teaming, safety tuning and a re-test; then "
+                  "eval-chat, deploy, serve-smoke, feedback (simulated users), successor "
+                  "(tuned on that feedback), redteam-successor, promote-successor, deprecate "
+                  "and retire the first model, card, and a one-screen summary. recipes/full."
+                  "toml is the same with full budgets; recipes/ holds more). Run again, it "
+                  "skips every step whose inputs and settings are unchanged, and resumes an "
+                  "interrupted training step from its checkpoint.")
 def run(
     recipe: str = typer.Argument("quickstart",
                                  help="A recipe TOML file, or a built-in recipe name."),
