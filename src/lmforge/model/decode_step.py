@@ -44,8 +44,9 @@ class _LayerWeights:
 class DecodeWeights:
     """The model's projections transposed and fused, and what tells when they went stale."""
 
-    def __init__(self, model: Transformer):
-        self.signature = _signature(model)
+    def __init__(self, model: Transformer, weights: list[torch.Tensor]):
+        self.sources = weights  # held, so that no other tensor can take their identity
+        self.versions = [w._version for w in weights]
         self.layers = []
         for block in model.model.layers:
             a, m = block.self_attn, block.mlp
@@ -56,6 +57,11 @@ class DecodeWeights:
                 down=m.down_proj.weight.t().contiguous()))
         self.head = model.lm_head.weight.t().contiguous()
 
+    def fresh(self, weights: list[torch.Tensor]) -> bool:
+        """Made from these very tensors, none changed in place since (version counters)."""
+        return all(w is s and w._version == v
+                   for w, s, v in zip(weights, self.sources, self.versions, strict=True))
+
 
 def _projections(model: Transformer) -> list[nn.Module]:
     mods: list[nn.Module] = [model.lm_head]
@@ -65,23 +71,20 @@ def _projections(model: Transformer) -> list[nn.Module]:
     return mods
 
 
-def _signature(model: Transformer) -> tuple:
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
-
-
 def decode_weights(model: Transformer) -> DecodeWeights | None:
     """The model's fused decode weights (made or refreshed now), or None where the fast step
     does not apply: a projection that is not a plain nn.Linear (LoRA adapters), or a model
     too large to hold a second copy of its projections."""
-    mods = _projections(model)
+    mods = _projections(model)  # read every call: cheap next to a step (the engine's)
     if any(type(m) is not nn.Linear or m.bias is not None for m in mods):
         return None
-    if sum(m.weight.numel() * m.weight.element_size() for m in mods) > FAST_DECODE_MAX_BYTES:
+    weights = [m.weight for m in mods]
+    if sum(w.numel() * w.element_size() for w in weights) > FAST_DECODE_MAX_BYTES:
         return None
     cached: DecodeWeights | None = model.__dict__.get("_decode_weights")
-    if cached is None or cached.signature != _signature(model):
+    if cached is None or not cached.fresh(weights):
         with torch.no_grad():
-            cached = DecodeWeights(model)
+            cached = DecodeWeights(model, weights)
         model.__dict__["_decode_weights"] = cached  # a plain attribute: not a module or buffer
     return cached
 
