@@ -30,11 +30,13 @@ app = typer.Typer(
 )
 
 _workspace_root: Path | None = None
+_registry_url: str | None = None
 
 
 def workspace() -> Workspace:
-    """The workspace chosen by --workspace, $LMFORGE_HOME, or ./lmforge-workspace."""
-    return Workspace.open(_workspace_root)
+    """The workspace chosen by --workspace, $LMFORGE_HOME, or ./lmforge-workspace, with its
+    record where --registry-url or $LMFORGE_REGISTRY_URL says (else in the folder)."""
+    return Workspace.open(_workspace_root, registry_url=_registry_url)
 
 
 def _version(value: bool) -> None:
@@ -48,11 +50,20 @@ def root(
     workspace_dir: Path = typer.Option(
         None, "--workspace", "-w", envvar="LMFORGE_HOME",
         help="Workspace folder (registry + artifacts). Default: ./lmforge-workspace"),
+    registry_url: str = typer.Option(
+        None, "--registry-url", envvar="LMFORGE_REGISTRY_URL", show_envvar=True,
+        help="Keep the record in PostgreSQL, shared by a team's machines "
+             "(postgresql://USER@HOST:5432/DBNAME; pip install 'lmforge\\[team]'); artifact "
+             "files stay in the workspace folder, which they share. Default: the folder's "
+             "registry.db (SQLite)"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
 ) -> None:
-    global _workspace_root
+    global _workspace_root, _registry_url
     _workspace_root = workspace_dir
+    _registry_url = registry_url or None
+    if _registry_url:  # the processes this one starts (servers, ranks) share the record too
+        os.environ["LMFORGE_REGISTRY_URL"] = _registry_url
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """The record: a workspace of immutable, content-addressed artifacts, their lineage, and each
-model's lifecycle state, indexed in SQLite. Rendering for the CLI is in `registry.render`."""
+model's lifecycle state, indexed in SQLite (or, for a team, in PostgreSQL: registry.postgres).
+Rendering for the CLI is in `registry.render`."""
 
 from lmforge.registry.artifact import Artifact, ArtifactRecord, Event
 from lmforge.registry.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text

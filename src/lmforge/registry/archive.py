@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import sqlite3
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from typing import IO, Any
 from lmforge.errors import LmforgeError
 from lmforge.registry.artifact import Artifact, Event
 from lmforge.registry.atomic import atomic_open, atomic_write_json, fsync_dir
+from lmforge.registry.db import Connection
 from lmforge.registry.manifest import MANIFEST_NAME, read_manifest, sha256_file, verify_files
 from lmforge.registry.origin import actor
 from lmforge.registry.store import READ_ONLY, remove_tree, utc_now
@@ -301,9 +301,11 @@ def archive(ws: Workspace, ref: str, to_dir: str | Path) -> Archived:
         os.chmod(written, READ_ONLY)
     check_bundle(read_index(index_path))  # read back from disk before anything is removed
 
-    def place(conn: sqlite3.Connection, event: Event) -> None:
-        conn.execute("INSERT OR REPLACE INTO archives (artifact_id, bundle, bundle_sha256, "
-                     "index_path, time) VALUES (?,?,?,?,?)",
+    def place(conn: Connection, event: Event) -> None:
+        conn.execute("INSERT INTO archives (artifact_id, bundle, bundle_sha256, index_path, "
+                     "time) VALUES (?,?,?,?,?) ON CONFLICT (artifact_id) DO UPDATE SET "
+                     "bundle = excluded.bundle, bundle_sha256 = excluded.bundle_sha256, "
+                     "index_path = excluded.index_path, time = excluded.time",
                      (rec.id, str(bundle), digest, str(index_path), event.time))
 
     event = ws.set_state(rec.id, "archived", f"files moved to {bundle}", also=place,
@@ -370,7 +372,7 @@ def restore(ws: Workspace, bundle_or_index: str | Path) -> Restored:
     else:  # placed by a restore that stopped before its move: check it, then move
         ws.resolve(model_id)
 
-    def forget(conn: sqlite3.Connection, event: Event) -> None:
+    def forget(conn: Connection, event: Event) -> None:
         conn.execute("DELETE FROM archives WHERE artifact_id = ?", (model_id,))
 
     event = ws.set_state(model_id, "retired", f"restored from {index['_bundle']}",

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lmforge.errors import LmforgeError
+from lmforge.registry.db import Row
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class ArtifactRecord:
     lmforge_version: str
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row, root: Path) -> ArtifactRecord:
+    def from_row(cls, row: Row, root: Path) -> ArtifactRecord:
         return cls(id=row["id"], kind=row["kind"], stage=row["stage"], name=row["name"],
                    path=root / row["path"], created=row["created"], state=row["state"],
                    settings=json.loads(row["settings_json"]),
@@ -104,7 +104,7 @@ class Event:
     successor: str | None = None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Event:
+    def from_row(cls, row: Row) -> Event:
         return cls(seq=row["seq"], artifact_id=row["artifact_id"], from_state=row["from_state"],
                    to_state=row["to_state"], reason=row["reason"], forced=bool(row["forced"]),
                    time=row["time"], note=row["note"], actor=row["actor"],

@@ -1,16 +1,22 @@
-"""The registry database: SQLite schema, versioned migrations, and write transactions.
+"""The registry database: schema, versioned migrations, and write transactions.
 
-`PRAGMA user_version` holds the schema version and `PRAGMA application_id` marks the file
-as ours. A newer lmforge appends to MIGRATIONS; opening an older workspace applies the
-missing ones in one transaction, so a crash mid-upgrade leaves the old schema intact.
+The record lives in SQLite (registry.db in the workspace, the default) or, for a team, in
+PostgreSQL (registry/postgres.py: a postgresql:// URL). `open_record` picks one; the rest of
+the registry calls `execute` and `write_transaction` on what it returns and never asks which.
+
+In SQLite `PRAGMA user_version` holds the schema version and `PRAGMA application_id` marks
+the file as ours. A newer lmforge appends to MIGRATIONS; opening an older workspace applies
+the missing ones in one transaction, so a crash mid-upgrade leaves the old schema intact.
+MIGRATIONS are written in SQLite's dialect; registry/postgres.py translates them.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any, Protocol
 
 from lmforge.errors import LmforgeError
 
@@ -83,8 +89,42 @@ MIGRATIONS: list[tuple[str, ...]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+class Row(Protocol):
+    """A result row: sqlite3.Row, or postgres.Row, read by position or by column name."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+    def keys(self) -> list[str]: ...
+
+
+class Cursor(Protocol):
+    """What a query hands back, in either database: rows read by position or by column
+    name (sqlite3.Row, postgres.Row), and how many rows a write changed."""
+
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """The record as the registry uses it: a sqlite3.Connection, or a PostgresRecord. SQL is
+    written in SQLite's dialect, with `?` or `:name` parameters."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
+    def close(self) -> None: ...
+
+
+def write_transaction(conn: Connection) -> AbstractContextManager[Connection]:
+    """A transaction that holds the record's write lock from its start, so concurrent
+    writers (other processes, other machines) queue instead of interleaving."""
+    if isinstance(conn, sqlite3.Connection):
+        return _sqlite_write_transaction(conn)
+    return conn.write_transaction()  # type: ignore[attr-defined]  # a PostgresRecord
+
+
 @contextmanager
-def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def _sqlite_write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue
     (up to the busy timeout) instead of failing when a read upgrades to a write."""
     conn.execute("BEGIN IMMEDIATE")
@@ -104,7 +144,7 @@ def _not_ours(path: Path, why: str) -> LmforgeError:
 
 def migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Bring the schema to SCHEMA_VERSION, refusing foreign and newer databases."""
-    with write_transaction(conn):
+    with _sqlite_write_transaction(conn):
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         if version == 0:
@@ -156,3 +196,17 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise _not_ours(path, str(e)) from None
     return conn
+
+
+def open_record(path: Path, url: str | None = None) -> Connection:
+    """The record at `url` (postgresql://...: a team registry) or else the SQLite file
+    `path`, opened and migrated."""
+    if not url:
+        return connect(path)
+    from lmforge.registry import postgres
+
+    if not postgres.is_url(url):
+        raise LmforgeError(f"the registry URL {postgres.shown(url)!r} is not a PostgreSQL URL",
+                           f"give one like {postgres.URL_EXAMPLE}, or unset "
+                           "LMFORGE_REGISTRY_URL to keep the record in the workspace (SQLite)")
+    return postgres.connect(url, APPLICATION_ID, MIGRATIONS)

@@ -7,12 +7,11 @@ processes registering the same content both succeed with one row.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from lmforge.errors import LmforgeError
-from lmforge.registry.db import write_transaction
+from lmforge.registry.db import Connection, write_transaction
 from lmforge.registry.manifest import MANIFEST_NAME, canonical_json, sha256_file
 from lmforge.registry.origin import actor, command_line
 from lmforge.registry.resolve import find_id
@@ -20,7 +19,7 @@ from lmforge.registry.resolve import find_id
 Parents = dict[str, str | list[str]]
 
 
-def parent_ids(conn: sqlite3.Connection, root: Path, parents: Parents) -> Parents:
+def parent_ids(conn: Connection, root: Path, parents: Parents) -> Parents:
     """Resolve every parent reference to a full id, keeping each role's one-or-list shape."""
     if not isinstance(parents, dict):
         raise LmforgeError("parents must map a role to an artifact id or a list of ids",
@@ -39,7 +38,7 @@ def parent_ids(conn: sqlite3.Connection, root: Path, parents: Parents) -> Parent
     return full
 
 
-def insert_artifact(conn: sqlite3.Connection, root: Path, manifest: dict[str, Any],
+def insert_artifact(conn: Connection, root: Path, manifest: dict[str, Any],
                     folder: Path, state: str | None, placed: bool) -> None:
     """Index a placed artifact: its row, its parent links, and its first lifecycle event.
     `placed`: this registration wrote the folder, so a row already there (its folder was

@@ -8,7 +8,6 @@ against the registry and records the move.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 from lmforge.errors import LmforgeError
 from lmforge.registry.artifact import Event
-from lmforge.registry.db import write_transaction
+from lmforge.registry.db import Connection, write_transaction
 from lmforge.registry.origin import actor, command_line
 from lmforge.registry.resolve import find_id
 from lmforge.registry.store import utc_now
@@ -121,7 +120,7 @@ def check_approval(art_id: str, reports: list[tuple[str, str, dict[str, Any]]]) 
     return out
 
 
-def _reports(conn: sqlite3.Connection, art_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+def _reports(conn: Connection, art_id: str) -> list[tuple[str, str, dict[str, Any]]]:
     """(id, kind, metrics) of every approval report naming `art_id` as a parent."""
     kinds = [need.kind for need in APPROVAL_REPORTS]
     rows = conn.execute(
@@ -133,10 +132,10 @@ def _reports(conn: sqlite3.Connection, art_id: str) -> list[tuple[str, str, dict
 
 # Runs inside a move's transaction, after its event is written: what the move changes
 # besides the state (an archive's location, say) commits with it or not at all.
-AlsoInMove = Callable[[sqlite3.Connection, Event], None]
+AlsoInMove = Callable[[Connection, Event], None]
 
 
-def apply_move(conn: sqlite3.Connection, root: Path, ref: str, to_state: str, reason: str,
+def apply_move(conn: Connection, root: Path, ref: str, to_state: str, reason: str,
                force: bool, *, sunset: str | None = None, successor: str | None = None,
                note: str = "", also: AlsoInMove | None = None) -> Event:
     """Check and record one move in a single transaction, so concurrent moves serialize.
@@ -169,12 +168,16 @@ def apply_move(conn: sqlite3.Connection, root: Path, ref: str, to_state: str, re
                          + ([note] if note else []))
         now, who, command = utc_now(), actor(), command_line()
         c.execute("UPDATE artifacts SET state = ? WHERE id = ?", (to_state, art_id))
-        cur = c.execute("INSERT INTO events (artifact_id, from_state, to_state, reason, forced, "
-                        "time, note, actor, command, sunset, successor) "
-                        "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                        (art_id, current, to_state, reason, int(bool(problems)), now, note,
-                         who, command, sunset, successor))
-        event = Event(cur.lastrowid or 0, art_id, current, to_state, reason, bool(problems),
+        c.execute("INSERT INTO events (artifact_id, from_state, to_state, reason, forced, "
+                  "time, note, actor, command, sunset, successor) "
+                  "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                  (art_id, current, to_state, reason, int(bool(problems)), now, note,
+                   who, command, sunset, successor))
+        # The event just written is this model's newest: no other writer holds the lock.
+        # (Read back rather than a cursor's lastrowid, which PostgreSQL's driver lacks.)
+        seq = c.execute("SELECT max(seq) FROM events WHERE artifact_id = ?",
+                        (art_id,)).fetchone()[0]
+        event = Event(seq, art_id, current, to_state, reason, bool(problems),
                       now, note, who, command, sunset, successor)
         if also is not None:
             also(c, event)

@@ -8,16 +8,17 @@ graph has no cycles; an ancestor reached by two paths appears under both.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
+from lmforge.registry.db import Connection, Row
 
-def parent_rows(conn: sqlite3.Connection, child_id: str) -> list[sqlite3.Row]:
+
+def parent_rows(conn: Connection, child_id: str) -> list[Row]:
     return conn.execute("SELECT parent_id, role FROM parents WHERE child_id = ? "
                         "ORDER BY role, position", (child_id,)).fetchall()
 
 
-def lineage_tree(conn: sqlite3.Connection, art_id: str, role: str | None = None
+def lineage_tree(conn: Connection, art_id: str, role: str | None = None
                  ) -> dict[str, Any]:
     row = conn.execute("SELECT id, kind, stage, name, state FROM artifacts WHERE id = ?",
                        (art_id,)).fetchone()

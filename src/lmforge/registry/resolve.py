@@ -6,16 +6,16 @@ folder inside the workspace, then a unique id prefix (with or without the `<kind
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
+from lmforge.registry.db import Connection
 from lmforge.registry.manifest import MANIFEST_NAME
 
 _LS_HINT = "see what exists with `lmforge registry ls`"
 
 
-def _latest(conn: sqlite3.Connection, kind: str) -> str:
+def _latest(conn: Connection, kind: str) -> str:
     row = conn.execute("SELECT id FROM artifacts WHERE kind = ? "
                        "ORDER BY created DESC, rowid DESC LIMIT 1", (kind,)).fetchone()
     if row is None:
@@ -23,7 +23,7 @@ def _latest(conn: sqlite3.Connection, kind: str) -> str:
     return row["id"]
 
 
-def _from_path(conn: sqlite3.Connection, root: Path, ref: str) -> str | None:
+def _from_path(conn: Connection, root: Path, ref: str) -> str | None:
     folder = Path(ref).expanduser()
     if not (folder / MANIFEST_NAME).is_file():
         return None
@@ -39,7 +39,7 @@ def _from_path(conn: sqlite3.Connection, root: Path, ref: str) -> str | None:
     return row["id"]
 
 
-def _by_prefix(conn: sqlite3.Connection, ref: str, kind: str | None) -> str | None:
+def _by_prefix(conn: Connection, ref: str, kind: str | None) -> str | None:
     rows = conn.execute(
         "SELECT id, kind FROM artifacts WHERE substr(id, 1, length(:ref)) = :ref "
         "OR substr(id, length(kind) + 2, length(:ref)) = :ref ORDER BY id",
@@ -53,7 +53,7 @@ def _by_prefix(conn: sqlite3.Connection, ref: str, kind: str | None) -> str | No
     return rows[0]["id"] if rows else None
 
 
-def find_id(conn: sqlite3.Connection, root: Path, ref: str, kind: str | None = None) -> str:
+def find_id(conn: Connection, root: Path, ref: str, kind: str | None = None) -> str:
     """The full id `ref` names, or LmforgeError saying why it names none."""
     if isinstance(ref, Path):
         ref = str(ref)

@@ -1,6 +1,7 @@
 """The Workspace: one folder, one registry, every artifact lmforge made.
 
     ws = Workspace.open()                       # --workspace, LMFORGE_HOME, ./lmforge-workspace
+    ws = Workspace.open(registry_url="postgresql://lmforge@db/registry")  # a team's record
     with ws.staging() as d:
         (d / "model.safetensors").write_bytes(data)
         art = ws.register(d, kind="model", stage="init", parents={"design": design_id},
@@ -14,7 +15,6 @@ import builtins
 import functools
 import os
 import shutil
-import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -48,10 +48,13 @@ DEFAULT_ROOT = "lmforge-workspace"
 
 @final  # not built for subclassing; also lets __enter__ say it returns a Workspace
 class Workspace:
-    """A workspace folder: registry.db, artifacts/<kind>/<id>/, artifacts/.staging/, runs/."""
+    """A workspace folder: registry.db, artifacts/<kind>/<id>/, artifacts/.staging/, runs/.
+    A team keeps the record (registry.db's tables) in PostgreSQL instead, and shares the
+    folder: `registry_url`."""
 
-    def __init__(self, root: Path, conn: sqlite3.Connection):
+    def __init__(self, root: Path, conn: db.Connection, registry_url: str | None = None):
         self.root = root
+        self.registry_url = registry_url  # None: the record is root/registry.db
         self.artifacts_dir = root / "artifacts"
         self.staging_dir = self.artifacts_dir / ".staging"
         self.runs_dir = root / "runs"
@@ -59,9 +62,11 @@ class Workspace:
         self._lock = threading.RLock()  # one connection, shared by threads in turn
 
     @classmethod
-    def open(cls, root: str | Path | None = None) -> Workspace:
+    def open(cls, root: str | Path | None = None, registry_url: str | None = None
+             ) -> Workspace:
         """Open (creating on first use) the workspace at `root`, $LMFORGE_HOME, or
-        ./lmforge-workspace."""
+        ./lmforge-workspace, with its record in the PostgreSQL database at `registry_url` or
+        $LMFORGE_REGISTRY_URL where one is given, else in the folder's registry.db."""
         root = Path(root or os.environ.get("LMFORGE_HOME") or DEFAULT_ROOT).expanduser()
         root = root.resolve()
         if root.exists() and not root.is_dir():
@@ -73,7 +78,8 @@ class Workspace:
         except OSError as e:
             raise LmforgeError(f"cannot create the workspace at {root}: {e.strerror}",
                                "pick a folder you can write to (--workspace)") from None
-        return cls(root, db.connect(root / "registry.db"))
+        url = registry_url or os.environ.get("LMFORGE_REGISTRY_URL", "").strip() or None
+        return cls(root, db.open_record(root / "registry.db", url), url)
 
     def close(self) -> None:
         with self._lock:
@@ -201,10 +207,13 @@ class Workspace:
         """Artifacts made from `ref` (that name it as a parent), newest first."""
         art_id = self.record(ref).id
         with self._lock:
+            # The kind's test only when given: PostgreSQL cannot type a bare `NULL IS NULL`.
             rows = self._conn.execute(
                 "SELECT DISTINCT a.*, a.rowid FROM parents p JOIN artifacts a ON a.id = "
-                "p.child_id WHERE p.parent_id = :id AND (:kind IS NULL OR a.kind = :kind) "
-                "ORDER BY a.created DESC, a.rowid DESC", {"id": art_id, "kind": kind}).fetchall()
+                "p.child_id WHERE p.parent_id = :id"
+                + (" AND a.kind = :kind" if kind is not None else "")
+                + " ORDER BY a.created DESC, a.rowid DESC", {"id": art_id, "kind": kind}
+            ).fetchall()
         return [ArtifactRecord.from_row(r, self.root) for r in rows]
 
     def lineage(self, ref: str) -> dict[str, Any]:
