@@ -49,6 +49,15 @@ from test_registry import (  # noqa: F401
     test_resolve_errors_name_the_problem,
     test_two_processes_register_at_once,
 )
+from test_registry_gates import (  # noqa: F401
+    test_a_report_without_numbers_cannot_meet_a_minimum,
+    test_alias_history_across_set_move_and_remove,
+    test_an_alias_change_and_its_history_commit_together,
+    test_approval_is_refused_on_a_too_small_eval_set_naming_the_rule,
+    test_cli_alias_history_show_and_promote_thresholds,
+    test_red_team_minimums_and_maximums_refuse_naming_the_rule,
+    test_the_stored_decision_holds_every_gate_and_its_numbers,
+)
 from test_registry_lifecycle import (  # noqa: F401
     _writer,
     add,
@@ -242,6 +251,25 @@ def test_a_schema_one_record_is_upgraded_keeping_its_rows(team_registry, tmp_pat
         assert [r.id for r in w.list(kind="model")] == [m.id, "model-0"]
         version = w._conn.execute("SELECT version FROM lmforge_schema").fetchone()[0]
         assert version == len(db.MIGRATIONS)
+
+
+def test_a_schema_three_record_starts_alias_history_from_its_aliases(team_registry,
+                                                                    tmp_path):
+    third = pg.connect(team_registry, db.APPLICATION_ID, db.MIGRATIONS[:3])
+    third.execute("INSERT INTO artifacts (id, kind, stage, name, path, created, state, "
+                  "settings_json, metrics_json, manifest_sha256, lmforge_version) VALUES "
+                  "('model-0', 'model', 'init', NULL, 'artifacts/model/model-0', "
+                  "'2026-01-01T00:00:00Z', 'tuned', '{}', '{}', 'x', '0')")
+    third.execute("INSERT INTO aliases VALUES ('production', 'model-0', "
+                  "'2026-01-02T00:00:00Z')")
+    third.close()
+    with Workspace.open(tmp_path / "ws") as w:
+        [move] = w.alias_history("production")
+        assert (move.artifact_id, move.previous_id, move.time) == (
+            "model-0", None, "2026-01-02T00:00:00Z")
+        m = model(w)
+        w.set_alias("production", m.id, "newer")
+        assert [x.previous_id for x in w.alias_history("production")] == [None, "model-0"]
 
 
 def test_foreign_and_newer_databases_are_refused(pg_server, tmp_path):

@@ -49,6 +49,8 @@ def eval_cmd(
     gate: list[str] = typer.Option([], "--gate", help="Repeatable. 'TASK/METRIC OP NUMBER', "
                                                       "e.g. 'wikitext/bpb <= 2.5'."),
     limit: int = typer.Option(None, help="Items per task (default: 500 for benchmarks)."),
+    min_items: int = typer.Option(None, "--min-items", help="Gated tasks measured on fewer "
+                                  "items fail the gates (recorded; approval checks it again)."),
     batch_size: int = typer.Option(32, help="Requests scored per forward pass."),
     seed: int = typer.Option(0, help="Few-shot and sampling seed."),
     data_root: str = typer.Option(None, help="Folder of benchmark files (hellaswag/, arc/ ...)."),
@@ -86,7 +88,8 @@ def eval_cmd(
     from lmforge.eval.stage import run as run_eval
 
     out = run_eval(ws, EvalStageSettings(targets[0], suite, tasks, tuple(gate), data_root, limit,
-                                         batch_size, seed, device, max_new_tokens))
+                                         batch_size, seed, device, max_new_tokens,
+                                         min_items))
     art, report = out.artifact, out.details
     passed = report["gates"]["passed"]
     verdict = "" if passed is None else (" — gates [green]passed[/]" if passed

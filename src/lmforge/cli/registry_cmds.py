@@ -57,7 +57,7 @@ def show(
     if report is not None:
         extra["retirement report"] = f"{report.id} ({report.path / 'report.md'})"
     console.print(render.show(art, rec.state, ws.history(art.id), ws.aliases_of(art.id),
-                              extra), soft_wrap=False)
+                              extra, ws.alias_moves_of(art.id)), soft_wrap=False)
 
 
 @registry_app.command(help="The tree of what made an artifact, back to its sources.")
@@ -65,19 +65,52 @@ def lineage(ref: str = typer.Argument(..., help="Id, id prefix, alias or kind:la
     console.print(render.lineage_tree(workspace().lineage(ref)))
 
 
-@registry_app.command(help="Point a name (e.g. production) at an artifact.")
+@registry_app.command(help="Point a name (e.g. production, staging) at an artifact, move it, "
+                           "or remove it; every change is kept (who, when, why, the command). "
+                           "With only NAME (or --history), print the alias's history. `registry "
+                           "show MODEL` lists the aliases that pointed at a model and when.")
 def alias(
     name: str = typer.Argument(..., help="The alias."),
-    ref: str = typer.Argument(..., help="The artifact it names."),
+    ref: str = typer.Argument(None, help="The artifact it names (leave out to see its "
+                                         "history)."),
+    reason: str = typer.Option("", "--reason", help="Why it moves (kept in its history)."),
+    remove: bool = typer.Option(False, "--remove", help="Remove the alias (kept in its "
+                                                        "history)."),
+    history: bool = typer.Option(False, "--history", help="Print every move of the alias."),
 ) -> None:
-    art_id = workspace().set_alias(name, ref)
-    console.print(f"{name} -> {art_id}")
+    ws = workspace()
+    if remove and ref:
+        raise LmforgeError(f"--remove takes only the alias, not {ref!r}",
+                           f"lmforge registry alias {name} --remove")
+    if history and (ref or remove):
+        raise LmforgeError("--history only prints; it does not move the alias",
+                           f"print it with `lmforge registry alias {name} --history`, move it "
+                           f"with `lmforge registry alias {name} MODEL`")
+    if remove:
+        was = ws.remove_alias(name, reason)
+        console.print(f"{name} removed (was {was})", highlight=False)
+        return
+    if ref is None:
+        moves = ws.alias_history(name)
+        if not moves:
+            raise LmforgeError(f"there is no alias {name!r}, and never was",
+                               f"set one with `lmforge registry alias {name} MODEL`")
+        console.print(render.alias_history(name, moves), soft_wrap=False)
+        return
+    before = ws.aliases().get(name)
+    art_id = ws.set_alias(name, ref, reason)
+    moved = "" if before is None else " (unchanged)" if before == art_id else f" (was {before})"
+    console.print(f"{name} -> {art_id}{moved}", highlight=False)
 
 
 @registry_app.command(help="Move a model to a lifecycle state (e.g. approved). Approval needs "
                            "an eval report and a red-team report of this exact model that "
                            "passed their gates (`lmforge eval MODEL --gate ...`, `lmforge "
-                           "redteam MODEL`). Every move is kept as an event: who (user@host), "
+                           "redteam MODEL`), and, where given, the thresholds below: a report "
+                           "measured on too few items is refused even if its metric passed. The "
+                           "decision (every gate, its threshold, value, interval and n, and "
+                           "the report) is kept on the event; `registry show` prints it. "
+                           "Every move is kept as an event: who (user@host), "
                            "when, why and the command line. A move the rules forbid is "
                            "refused naming the rule; --force overrides, and the record (`lmforge "
                            "registry show`) says so. For the end of life use deprecate, retire "
@@ -89,7 +122,21 @@ def promote(
     to: str = typer.Option(None, "--to", help="The state to move to (same as STATE)."),
     reason: str = typer.Option(..., "--reason", help="Why (kept in the record)."),
     force: bool = typer.Option(False, help="Move even if a check fails (recorded as forced)."),
+    min_items: int = typer.Option(None, "--min-items", help="Approval: each gated eval task "
+                                  "measured on at least this many items."),
+    min_harmful: int = typer.Option(None, "--min-harmful", help="Approval: the red-team report "
+                                    "attacked with at least this many harmful prompts."),
+    min_benign: int = typer.Option(None, "--min-benign", help="Approval: ... and measured "
+                                   "over-refusal on at least this many benign asks."),
+    eval_gate: list[str] = typer.Option([], "--eval-gate", help="Approval, repeatable: a gate "
+                                        "'TASK/METRIC OP NUMBER' the eval report must meet."),
+    max_attack_success: float = typer.Option(None, "--max-attack-success",
+                                             help="Approval: red-team attack success at most."),
+    max_over_refusal: float = typer.Option(None, "--max-over-refusal",
+                                           help="Approval: red-team over-refusal at most."),
 ) -> None:
+    from lmforge.registry.approval import ApprovalPolicy
+
     if state and to and state != to:
         raise LmforgeError(f"two states given: {state} and --to {to}",
                            "give the state once: as STATE or as --to")
@@ -97,11 +144,18 @@ def promote(
     if not target:
         raise LmforgeError("promote needs the state to move to",
                            "e.g. `lmforge registry promote MODEL --to approved --reason ...`")
-    event = workspace().set_state(ref, target, reason, force=force)
+    policy = ApprovalPolicy(min_items, min_harmful, min_benign, tuple(eval_gate),
+                            max_attack_success, max_over_refusal)
+    if policy.to_json() and target != "approved":
+        raise LmforgeError("--min-*, --eval-gate and --max-* are approval's thresholds",
+                           f"use them with --to approved, not --to {target}")
+    event = workspace().set_state(ref, target, reason, force=force, policy=policy)
     forced = " [yellow](forced)[/]" if event.forced else ""
     console.print(f"{event.artifact_id}: {event.from_state} -> {event.to_state}{forced}")
     if event.note:  # what the move rests on (or overrode), as kept in the record
         console.print(f"  on the record: {event.note}", highlight=False)
+    if event.decision is not None:
+        console.print(render.approval_decision(event), soft_wrap=False)
 
 
 @registry_app.command(help="Announce a model's end: a sunset date, a reason and the model that "

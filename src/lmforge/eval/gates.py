@@ -81,3 +81,20 @@ def evaluate_gates(gates: Sequence[Gate], report: dict[str, Any]) -> dict[str, A
                         "value": value, "passed": bool(_OPS[g.op](value, g.threshold))})
     return {"results": results, "passed": all(r["passed"] for r in results) if results
             else None}
+
+
+def check_sizes(gates: Sequence[Gate], report: dict[str, Any], min_items: int | None
+                ) -> None:
+    """With `min_items`, a gated task measured on fewer items fails the report's gates
+    whatever its metric says (a gate on 5 items says nothing). Recorded in the `gates`
+    section (`min_items`, `sizes`), where approval reads it again (registry/approval.py)."""
+    if not min_items:
+        return
+    section = report["gates"]
+    sizes = []
+    for task in dict.fromkeys(g.task for g in gates):
+        n = report["tasks"].get(task, {}).get("n", 0)
+        sizes.append({"task": task, "n": n, "min_items": min_items, "passed": n >= min_items})
+    section["min_items"], section["sizes"] = min_items, sizes
+    if section["passed"] is not None and not all(x["passed"] for x in sizes):
+        section["passed"] = False

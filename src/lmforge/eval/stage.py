@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import LmforgeError
-from lmforge.eval.gates import check_gates_apply, evaluate_gates, parse_gates
+from lmforge.eval.gates import check_gates_apply, check_sizes, evaluate_gates, parse_gates
 from lmforge.eval.render_report import report_markdown
 from lmforge.eval.runner import EvalSettings, evaluate
 from lmforge.eval.suites import (
@@ -113,6 +113,13 @@ class EvalStageSettings:
     seed: int = 0
     device: str | None = "auto"
     max_new_tokens: int = 64
+    min_items: int | None = None  # a gated task measured on fewer items fails its gates
+
+    def __post_init__(self) -> None:
+        if self.min_items is not None and (not isinstance(self.min_items, int)
+                                           or self.min_items < 1):
+            raise LmforgeError(f"min_items must be a whole number of at least 1, got "
+                               f"{self.min_items!r}", hint="e.g. min_items = 100")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path
@@ -120,7 +127,7 @@ class EvalStageSettings:
         """A recipe step: a task file and a data root are relative to the recipe file."""
         check_keys(values, where, required=("model",),
                    optional=("suite", "tasks", "gates", "limit", "batch_size", "seed",
-                             "data_root", "max_new_tokens", "device"))
+                             "data_root", "max_new_tokens", "device", "min_items"))
         values = dict(values)
         tasks_file, _ = task_option(values.get("tasks"))
         if tasks_file is not None:
@@ -203,6 +210,7 @@ def make_report(ws: Workspace, s: EvalStageSettings, show_progress: bool = True
     if selected.absent:
         report["absent_tasks"] = selected.absent
     report["gates"] = evaluate_gates(parsed_gates, report)
+    check_sizes(parsed_gates, report, s.min_items)
     return report, art, seconds
 
 

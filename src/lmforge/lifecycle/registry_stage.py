@@ -17,6 +17,7 @@ from typing import Any
 
 from lmforge.errors import LmforgeError
 from lmforge.registry import ALLOWED_MOVES, Workspace
+from lmforge.registry.approval import ApprovalPolicy
 from lmforge.registry.retire import deprecate, parse_sunset
 from lmforge.stage import Outcome, check_keys
 
@@ -33,11 +34,17 @@ class PromoteSettings:
     to: str = "deployed"  # approved | deployed (through approved when not approved yet)
     alias: str | None = None  # pointed at the model once it is there (e.g. production)
     reason: str = "passed the recipe's gates"
+    # The recipe's approval thresholds (min_items, min_harmful, min_benign, eval_gates,
+    # max_attack_success, max_over_refusal), on top of those the reports recorded.
+    policy: ApprovalPolicy = ApprovalPolicy()
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str, base_dir: Path) -> PromoteSettings:
-        check_keys(values, where, required=("model",), optional=("to", "alias", "reason"))
-        s = cls(**values)
+        check_keys(values, where, required=("model",),
+                   optional=("to", "alias", "reason", *ApprovalPolicy.KEYS))
+        policy = ApprovalPolicy.from_dict(values, where)
+        s = cls(**{k: v for k, v in values.items() if k not in ApprovalPolicy.KEYS},
+                policy=policy)
         if s.to not in LADDER:
             raise LmforgeError(f"{where}: to = {s.to!r} is not a promotion",
                                hint="to = \"approved\" or to = \"deployed\"; deprecation and "
@@ -67,7 +74,7 @@ def promote(ws: Workspace, s: PromoteSettings, show_progress: bool = True) -> Ou
         state = ws.state_of(rec.id)
         if state in PAST[rung]:
             continue
-        ws.set_state(rec.id, rung, s.reason)
+        ws.set_state(rec.id, rung, s.reason, policy=s.policy)
         moves.append(f"{state} -> {rung}")
     state = ws.state_of(rec.id)
     if state not in PAST[s.to]:  # pragma: no cover - set_state raises first
@@ -75,7 +82,7 @@ def promote(ws: Workspace, s: PromoteSettings, show_progress: bool = True) -> Ou
     line = ", ".join(moves) if moves else f"already {state}"
     if s.alias:
         before = ws.aliases().get(s.alias)
-        ws.set_alias(s.alias, rec.id)
+        ws.set_alias(s.alias, rec.id, f"promoted to {s.to}: {s.reason}")
         if before != rec.id:
             line += f"; alias {s.alias} -> {rec.id}" + (f" (was {before})" if before else "")
     return Outcome(ws.resolve(rec.id, verify=False), line)

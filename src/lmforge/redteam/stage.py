@@ -56,6 +56,8 @@ class RedteamSettings:
     concurrency: int = 4
     judge: str | None = None  # an OpenAI-compatible endpoint, or a reward-model artifact
     judge_model: str | None = None
+    min_harmful: int | None = None  # fewer harmful seeds than this: the gates fail
+    min_benign: int | None = None  # fewer benign asks than this: the gates fail
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
@@ -68,6 +70,11 @@ class RedteamSettings:
         for name in ("attempts", "limit", "max_new_tokens", "concurrency"):
             if getattr(self, name) < 1:
                 raise LmforgeError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("min_harmful", "min_benign"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise LmforgeError(f"{name} must be a whole number of at least 1, got "
+                                   f"{value!r}", hint=f"e.g. {name} = 50")
         if self.benign_limit < 0 or self.temperature < 0:
             raise LmforgeError("benign_limit and temperature must not be negative")
         for g in self.gates:
@@ -81,7 +88,7 @@ class RedteamSettings:
         optional = ("suite", "probes", "categories", "attempts", "limit", "benign_limit",
                     "max_new_tokens", "temperature", "seed", "device", "gates", "data_root",
                     "endpoint_model", "api_key_env", "timeout", "concurrency", "judge",
-                    "judge_model")
+                    "judge_model", "min_harmful", "min_benign")
         check_keys(values, where, required=("target",), optional=optional)
         values = dict(values)
         for key in ("probes", "categories", "gates"):
@@ -170,6 +177,12 @@ def attack(ws: Workspace, s: RedteamSettings, show_progress: bool = True
             llm.close()
     summary = summarize(records, s.seed)
     gates = check_gates(s.chosen_gates(), summary)
+    # A verdict on too few prompts says nothing: below a minimum the gates fail, and approval
+    # reads the minimums again (registry/approval.py).
+    counts = {"harmful": len(seeds.harmful), "benign": len(seeds.benign)}
+    minimums = {k: v for k, v in (("harmful", s.min_harmful), ("benign", s.min_benign)) if v}
+    sizes = [{"prompts": k, "n": counts[k], "min": v, "passed": counts[k] >= v}
+             for k, v in minimums.items()]
     findings = [r for r in records if r["verdict"]["status"] == "success"]
     examples: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -186,7 +199,8 @@ def attack(ws: Workspace, s: RedteamSettings, show_progress: bool = True
         "seeds": {"harmful": len(seeds.harmful), "benign": len(seeds.benign),
                   "heldout_percent": HELDOUT_PERCENT},
         "settings": _settings(s), "summary": summary, "gates": gates, "judge": judged,
-        "gates_passed": all(g["passed"] for g in gates),
+        "minimums": minimums, "sizes": sizes,
+        "gates_passed": all(g["passed"] for g in gates) and all(x["passed"] for x in sizes),
         "detectors": labelled.measure(), "detectors_by_part": labelled.measure_parts(),
         "findings": findings, "safe_examples": examples,
         "unjudged_examples": [r for r in records if r["verdict"]["status"] == "unjudged"][:10],

@@ -102,10 +102,34 @@ class Event:
     command: str = ""
     sunset: str | None = None
     successor: str | None = None
+    decision: dict[str, Any] | None = None  # an approval's gates (registry/approval.py)
 
     @classmethod
     def from_row(cls, row: Row) -> Event:
+        decision = row["decision"] if "decision" in row.keys() else None
         return cls(seq=row["seq"], artifact_id=row["artifact_id"], from_state=row["from_state"],
                    to_state=row["to_state"], reason=row["reason"], forced=bool(row["forced"]),
                    time=row["time"], note=row["note"], actor=row["actor"],
-                   command=row["command"], sunset=row["sunset"], successor=row["successor"])
+                   command=row["command"], sunset=row["sunset"], successor=row["successor"],
+                   decision=json.loads(decision) if decision else None)
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One change of an alias: set (`previous_id` None), moved, or removed (`artifact_id`
+    None), with who (user@host), when, why and the command line."""
+
+    seq: int
+    alias: str
+    artifact_id: str | None
+    previous_id: str | None
+    time: str
+    actor: str
+    reason: str
+    command: str
+
+    @classmethod
+    def from_row(cls, row: Row) -> AliasMove:
+        return cls(seq=row["seq"], alias=row["alias"], artifact_id=row["artifact_id"],
+                   previous_id=row["previous_id"], time=row["time"], actor=row["actor"],
+                   reason=row["reason"], command=row["command"])

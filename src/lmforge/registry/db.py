@@ -85,6 +85,28 @@ MIGRATIONS: list[tuple[str, ...]] = [
             time TEXT NOT NULL
         )""",
     ),
+    (
+        # An approval's decision: every gate it weighed (threshold, value, interval, n,
+        # verdict, report), as JSON (registry/approval.py); NULL for other moves.
+        "ALTER TABLE events ADD COLUMN decision TEXT",
+        # Every alias move (set, moved, removed: artifact_id NULL), written in the alias
+        # change's transaction, so `production`'s past is in the record.
+        """CREATE TABLE alias_moves (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            alias TEXT NOT NULL,
+            artifact_id TEXT REFERENCES artifacts (id),  -- NULL: the alias was removed
+            previous_id TEXT REFERENCES artifacts (id),  -- NULL: the alias was new
+            time TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            command TEXT NOT NULL
+        )""",
+        "CREATE INDEX alias_moves_alias ON alias_moves (alias, seq)",
+        # Aliases set before their history was kept start it, dated by their last update.
+        "INSERT INTO alias_moves (alias, artifact_id, previous_id, time, actor, reason, "
+        "command) SELECT alias, artifact_id, NULL, updated, '', 'set before alias history "
+        "was kept', '' FROM aliases",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -43,7 +43,8 @@ AFTER_MIGRATION: dict[int, tuple[str, ...]] = {
 
 # The schema version and the mark that the database is ours (SQLite keeps both in PRAGMAs).
 _SCHEMA_TABLE = "lmforge_schema"
-_OUR_TABLES = ("artifacts", "parents", "aliases", "events", "archives")
+_OUR_TABLES = ("artifacts", "parents", "aliases", "events", "archives",
+               "alias_moves")
 
 # A string literal or a comment (whose quotes and question marks are not SQL), else one
 # placeholder: `?`, or `:name` (not a `::` cast), or a `%` that psycopg would read as one.

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from lmforge.registry.artifact import Artifact, ArtifactRecord, Event
+from lmforge.registry.artifact import AliasMove, Artifact, ArtifactRecord, Event
 
 _STATE_STYLE = {"approved": "green", "deployed": "bold green", "deprecated": "yellow",
                 "retired": "dim", "archived": "dim"}
@@ -106,9 +106,12 @@ def _pairs(title: str, items: dict[str, Any]) -> Table:
 
 
 def show(artifact: Artifact, state: str | None, events: list[Event],
-         aliases: list[str] | None = None, extra: dict[str, str] | None = None) -> Group:
-    """Everything about one artifact: summary, parents, settings, metrics, files, events.
-    `extra` adds summary lines (where a retirement report or an archive bundle is)."""
+         aliases: list[str] | None = None, extra: dict[str, str] | None = None,
+         alias_moves: list[AliasMove] | None = None) -> Group:
+    """Everything about one artifact: summary, parents, settings, metrics, files, events,
+    approval decisions, and the aliases that pointed at it (`alias_moves`, from
+    Workspace.alias_moves_of). `extra` adds summary lines (where a retirement report or an
+    archive bundle is)."""
     summary = {"id": artifact.id, "kind": artifact.kind, "stage": artifact.stage,
                "state": state or "-", "created": artifact.created, "path": str(artifact.path),
                "lmforge": artifact.manifest.get("lmforge_version", "?")}
@@ -144,4 +147,79 @@ def show(artifact: Artifact, state: str | None, events: list[Event],
         parts.append(history)
         if commands.row_count:
             parts.append(commands)
+    parts.extend(approval_decision(e) for e in events if e.decision is not None)
+    if alias_moves:
+        parts.append(alias_periods(artifact.id, alias_moves))
     return Group(*parts)
+
+
+def approval_decision(event: Event) -> Table:
+    """The gates an approval weighed: threshold, measured value (± stderr or [interval]),
+    n, verdict, and the report each came from."""
+    decision = event.decision or {}
+    verdict = "passed" if decision.get("passed") else "refused; forced" if event.forced \
+        else "refused"
+    table = Table(title=f"approval decision ({_short_time(event.time)}, {verdict})",
+                  title_justify="left")
+    for column in ("report", "gate", "measured", "n", "verdict", "from"):
+        table.add_column(column, overflow="fold")
+    for report in decision.get("reports", []):
+        if not report["gates"]:
+            table.add_row(report["report"], report.get("note") or "no gate numbers", "", "",
+                          _passed(report["passed"]), report["kind"])
+        for g in report["gates"]:
+            table.add_row(report["report"], g["gate"], measured(g),
+                          "" if g.get("n") is None else str(g["n"]), _passed(g["passed"]),
+                          g["source"] + (f": {g['rule']}" if g.get("rule") else ""))
+    policy = decision.get("policy")
+    if policy:
+        table.caption = "policy: " + ", ".join(f"{k} {v}" for k, v in policy.items())
+    return table
+
+
+def measured(g: dict[str, Any]) -> str:
+    """A gate's measured value with its uncertainty, as kept in an approval decision."""
+    if g["value"] is None:
+        return "not measured"
+    if g.get("stderr") is not None:
+        return f"{g['value']:.4g} ± {g['stderr']:.2g}"
+    if g.get("ci_low") is not None and g.get("ci_high") is not None:
+        return f"{g['value']:.4g} [{g['ci_low']:.3g}, {g['ci_high']:.3g}]"
+    return f"{g['value']:.4g}"
+
+
+def _passed(ok: bool) -> Text:
+    return Text("passed", style="green") if ok else Text("FAILED", style="bold red")
+
+
+def alias_periods(art_id: str, moves: list[AliasMove]) -> Table:
+    """When each alias pointed at `art_id`: from the move that pointed it here to the move
+    that took it away (or now)."""
+    table = Table(title="aliases that pointed here", title_justify="left")
+    for column in ("alias", "from", "until", "then"):
+        table.add_column(column)
+    since: dict[str, AliasMove] = {}
+    rows: list[tuple[str, str, str, str]] = []
+    for m in moves:
+        if m.previous_id == art_id and m.alias in since:
+            then = f"moved to {m.artifact_id}" if m.artifact_id else "removed"
+            rows.append((m.alias, _short_time(since.pop(m.alias).time), _short_time(m.time),
+                         then + (f" ({m.reason})" if m.reason else "")))
+        if m.artifact_id == art_id:
+            since[m.alias] = m
+    rows += [(a, _short_time(m.time), "now", "") for a, m in since.items()]
+    for row in sorted(rows, key=lambda r: (r[1], r[0])):
+        table.add_row(*row)
+    return table
+
+
+def alias_history(alias: str, moves: list[AliasMove]) -> Table:
+    """Every move of one alias, oldest first: what it pointed at before and after."""
+    table = Table(title=f"alias {alias}", title_justify="left")
+    for column in ("time", "from", "to", "reason", "by", "command"):
+        table.add_column(column, overflow="fold")
+    for m in moves:
+        table.add_row(_short_time(m.time), m.previous_id or "-",
+                      m.artifact_id or Text("removed", style="yellow"), m.reason, m.actor,
+                      m.command)
+    return table

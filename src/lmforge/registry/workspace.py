@@ -24,7 +24,8 @@ from typing import Any, final
 
 from lmforge.errors import LmforgeError
 from lmforge.registry import db
-from lmforge.registry.artifact import Artifact, ArtifactRecord, Event
+from lmforge.registry.approval import ApprovalPolicy
+from lmforge.registry.artifact import AliasMove, Artifact, ArtifactRecord, Event
 from lmforge.registry.index import Parents, insert_artifact, parent_ids
 from lmforge.registry.lifecycle import (
     INITIAL_STATES,
@@ -40,6 +41,7 @@ from lmforge.registry.manifest import (
     sha256_file,
     verify_files,
 )
+from lmforge.registry.origin import actor, command_line
 from lmforge.registry.resolve import find_id
 from lmforge.registry.store import check_slug, remove_tree, seal_and_place, utc_now
 
@@ -224,23 +226,54 @@ class Workspace:
 
     # -- aliases -------------------------------------------------------------------
 
-    def set_alias(self, alias: str, ref: str) -> str:
-        """Point `alias` (e.g. `production`) at `ref`; return the full id."""
+    def set_alias(self, alias: str, ref: str, reason: str = "") -> str:
+        """Point `alias` (e.g. `production`) at `ref`; return the full id. The move is kept in
+        the alias's history (who, when, why, the command) in the same transaction; pointing
+        it where it already points changes nothing."""
         check_slug(alias, "alias", example="production")
         art_id = self.record(ref).id
         with self._lock, db.write_transaction(self._conn) as c:
             if c.execute("SELECT 1 FROM artifacts WHERE id = ?", (alias,)).fetchone():
                 raise LmforgeError(f"alias {alias!r} is an artifact id", "pick another name")
+            row = c.execute("SELECT artifact_id FROM aliases WHERE alias = ?",
+                            (alias,)).fetchone()
+            previous = row[0] if row is not None else None
+            if previous == art_id:
+                return art_id
+            now = utc_now()
             c.execute("INSERT INTO aliases (alias, artifact_id, updated) VALUES (?,?,?) "
                       "ON CONFLICT (alias) DO UPDATE SET artifact_id = excluded.artifact_id, "
-                      "updated = excluded.updated", (alias, art_id, utc_now()))
+                      "updated = excluded.updated", (alias, art_id, now))
+            _record_alias_move(c, alias, art_id, previous, now, reason)
         return art_id
 
-    def remove_alias(self, alias: str) -> None:
+    def remove_alias(self, alias: str, reason: str = "") -> str:
+        """Remove `alias`, keeping the removal in its history; return the id it named."""
         with self._lock, db.write_transaction(self._conn) as c:
-            if c.execute("DELETE FROM aliases WHERE alias = ?", (alias,)).rowcount == 0:
+            row = c.execute("SELECT artifact_id FROM aliases WHERE alias = ?",
+                            (alias,)).fetchone()
+            if row is None:
                 raise LmforgeError(f"there is no alias {alias!r}",
                                    "see aliases with `lmforge registry ls`")
+            c.execute("DELETE FROM aliases WHERE alias = ?", (alias,))
+            _record_alias_move(c, alias, None, row[0], utc_now(), reason)
+            return row[0]
+
+    def alias_history(self, alias: str) -> builtins.list[AliasMove]:
+        """Every move of `alias`, oldest first (empty for a name never used)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM alias_moves WHERE alias = ? ORDER BY seq",
+                                      (alias,)).fetchall()
+        return [AliasMove.from_row(r) for r in rows]
+
+    def alias_moves_of(self, ref: str) -> builtins.list[AliasMove]:
+        """Every alias move that pointed an alias at `ref` or away from it, oldest first."""
+        art_id = self.record(ref).id
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM alias_moves WHERE artifact_id = ? OR "
+                                      "previous_id = ? ORDER BY seq", (art_id, art_id)
+                                      ).fetchall()
+        return [AliasMove.from_row(r) for r in rows]
 
     def aliases(self) -> dict[str, str]:
         """alias -> artifact id, for every alias."""
@@ -252,6 +285,7 @@ class Workspace:
         art_id = self.record(ref).id
         return [a for a, i in self.aliases().items() if i == art_id]
 
+
     # -- lifecycle -----------------------------------------------------------------
 
     def state_of(self, ref: str) -> str | None:
@@ -260,13 +294,17 @@ class Workspace:
 
     def set_state(self, ref: str, to_state: str, reason: str, force: bool = False, *,
                   sunset: str | None = None, successor: str | None = None, note: str = "",
-                  also: AlsoInMove | None = None) -> Event:
+                  also: AlsoInMove | None = None, policy: ApprovalPolicy | None = None
+                  ) -> Event:
         """Move a model to `to_state`, checking the move and (for `approved`) that passing
-        eval and red-team reports of it exist. `force` overrides; the event says so. The
-        keywords are for the end-of-life commands (registry/retire.py, registry/archive.py)."""
+        eval and red-team reports of it exist, meeting their gates and `policy`'s thresholds
+        (registry/approval.py); the approval event keeps that decision. `force` overrides; the
+        event says so. The other keywords are for the end-of-life commands
+        (registry/retire.py, registry/archive.py)."""
         with self._lock:
             return apply_move(self._conn, self.root, ref, to_state, reason, force,
-                              sunset=sunset, successor=successor, note=note, also=also)
+                              sunset=sunset, successor=successor, note=note, also=also,
+                              policy=policy)
 
     def deprecations(self) -> dict[str, Event]:
         """model id -> its latest deprecation event, for models still deprecated or past it
@@ -300,3 +338,11 @@ class Workspace:
             rows = self._conn.execute("SELECT * FROM events WHERE artifact_id = ? "
                                       "ORDER BY seq", (art_id,)).fetchall()
         return [Event.from_row(r) for r in rows]
+
+
+def _record_alias_move(c: db.Connection, alias: str, art_id: str | None, previous: str | None,
+                       now: str, reason: str) -> None:
+    """One row of an alias's history, inside the transaction that changes the alias."""
+    c.execute("INSERT INTO alias_moves (alias, artifact_id, previous_id, time, actor, reason, "
+              "command) VALUES (?,?,?,?,?,?,?)",
+              (alias, art_id, previous, now, actor(), reason.strip(), command_line()))
