@@ -435,6 +435,34 @@ def test_tool_conversations_call_the_docstring_tool_and_answer_from_it(pydocs, t
     assert no_call >= 0.12 * len(named)  # enough answers without a call to learn from
 
 
+def test_copy_practice_calls_carry_invented_names_letter_for_letter(pydocs):
+    """Invented names under real modules, asked with the tool offered: the call copies the
+    name exactly, the tool finds nothing, the answer says so; none is a documented name,
+    none is held out, and open questions the evaluation asks are never trained on."""
+    train, heldout = pydocs
+    copies = [c for c in train if "copy|" in c.source]
+    assert len(copies) == pc.COPY_PRACTICE_NAMES
+    assert not any("copy|" in c.source for c in heldout)
+    documented = {e.name for e in pc._entries()}
+    names = set()
+    for conv in copies:
+        name = conv.source.split("copy|")[1].removesuffix("#tools")
+        names.add(name)
+        assert name not in documented and name.split(".")[0] in {
+            n.split(".")[0] for n in documented}
+        user, call, result, answer = conv.messages[-4:]
+        assert _mentions(user["content"], name)
+        assert call["tool_calls"][0]["function"]["arguments"] == {"name": name}
+        assert result["content"] == f"No documentation found for {name}."
+        assert name in answer["content"]
+    assert len(names) == len(copies)
+    asked = {m["content"] for c in train for m in c.messages if m["role"] == "user"}
+    assert not asked & set(pc.NO_TOOL_PROMPTS)
+    chat = [c for c in train if c.source.split(":")[1].split("|")[0] in
+            ("about", "want", "favourite", "learning")]
+    assert chat and all(not any(m.get("tool_calls") for m in c.messages) for c in chat)
+
+
 def test_docstring_tool_text(tok):
     assert pc.docstring_text("textwrap.dedent").startswith("Remove any common leading")
     assert pc.docstring_text("flurblegrad") == "No documentation found for flurblegrad."

@@ -33,7 +33,12 @@ __all__ = ["HELDOUT_PERCENT", "NO_TOOL_PROMPTS", "clean_summary", "docstring_tex
 
 HELDOUT_PERCENT = 10
 SYSTEM_PROMPT = "You answer questions about the Python standard library in one sentence."
-_OTHER_SYSTEM_PROMPTS = ("You are a helpful assistant.", "Be brief and friendly.")
+# With the tool offered, small talk is seen under these too: calls outnumber answers without
+# one about 3 to 1, and the first tuned models called the tool for 5-6 of 40 never-trained
+# greetings and remarks.
+_OTHER_SYSTEM_PROMPTS = ("You are a helpful assistant.", "Be brief and friendly.",
+                         "Use the docstring tool when a question names a Python module, "
+                         "class or function.")
 PHRASINGS_PER_NAME = 2  # each training name is asked in this many of its kind's phrasings
 TOOL_SHARE = 2  # one name in TOOL_SHARE is also asked with the docstring tool offered
 DOC_CHARS = 200  # the docstring tool's answer: the summary paragraph, cut near here
@@ -303,12 +308,17 @@ def docstring_tools() -> list[dict]:
 # that with the tool offered the model learns when not to call it (a name mentioned in
 # thanks is no question). Replies are chosen by a hash of the prompt.
 _OPENERS = ("Hello", "Hi", "Hey", "Good morning", "Good evening", "Greetings", "Hi there",
-            "Hello again", "Howdy", "Hey there")
+            "Hello again", "Howdy", "Hey there", "Good day", "Hiya", "Yo", "Good afternoon")
 _OPENER_TAILS = {
     "!": ("Hello! Ask me what a Python module, class or function does.",
           "Hi! Which part of the standard library shall I explain?"),
     ", how are you?": ("I am fine, thank you. What would you like to know about Python?",),
     ", nice to see you.": ("Nice to see you too! Which module shall I explain?",),
+    ", how is it going?": ("Very well, thanks! Which Python name shall I explain?",),
+    ", how was your day?": ("Good, thank you! Ask me about any module of the standard "
+                            "library.",),
+    ", what's new?": ("Nothing much; I am ready to explain Python's standard library.",),
+    ".": ("Hello! Which Python module, class or function would you like explained?",),
     ", can you help me today?": ("Yes: name a module, class or function and I will tell you "
                                  "what it does.",),
 }
@@ -353,13 +363,88 @@ def _small_talk(names: list[str]) -> list[tuple[str, str, str]]:
     return [t for t in out if t[1] not in NO_TOOL_PROMPTS]
 
 
+# Open questions about the assistant, requests it cannot serve, and remarks: with the tool
+# offered, the first tuned model called it for 4 of such never-trained asks in 40 ("What is
+# your name?" -> docstring("docstring")). Built from parts, none equal to NO_TOOL_PROMPTS.
+_ABOUT_ME = (
+    ("What should I call you?", "You can call me lmforge's assistant."),
+    ("Do you have a name?", "I am lmforge's assistant, a small language model."),
+    ("Who are you?", "I am a small language model that explains the Python standard library."),
+    ("Who built you?", "I was trained with lmforge on Python's own documentation."),
+    ("Are you alive?", "No, I am a language model, not a living being."),
+    ("Do you have feelings?", "No, I am a language model; I have no feelings."),
+    ("Where are you from?", "I am a language model trained on Python's documentation."),
+    ("How smart are you?", "I am a small model: I know short summaries of Python names."),
+)
+_WANTS = ("a joke", "a story", "a poem", "a riddle", "a fun fact", "a song")
+_WANT_FORMS = ("Tell me {w}.", "Can you tell me {w}?", "Please write {w}.", "I'd like {w}.")
+_WANT_REPLY = ("I only know the Python standard library, so I am not good at {w}; ask me "
+               "what a module or function does instead.")
+_FAVOURITES = ("food", "animal", "song", "film", "book", "season", "number", "sport")
+_FAVOURITE_FORMS = ("What is your favourite {f}?", "Do you have a favourite {f}?")
+_FAVOURITE_REPLY = "I am a language model, so I have no favourite {f}."
+_LEARNING = ("maths", "Python", "French", "the guitar", "to cook", "to program", "chemistry")
+_LEARNING_FORMS = ("I am learning {l}.", "I'm studying {l} this year.", "I started learning "
+                   "{l} today.")
+_LEARNING_REPLY = "Good luck with {l}! If you use Python, I can explain its modules."
+
+
+def _chit_chat() -> list[tuple[str, str, str]]:
+    """(kind, prompt, reply) of the open questions and remarks above."""
+    out = [("about", ask, reply) for ask, reply in _ABOUT_ME]
+    out += [("want", form.format(w=w), _WANT_REPLY.format(w=w))
+            for w in _WANTS for form in _WANT_FORMS]
+    out += [("favourite", form.format(f=f), _FAVOURITE_REPLY.format(f=f))
+            for f in _FAVOURITES for form in _FAVOURITE_FORMS]
+    out += [("learning", form.format(l=x), _LEARNING_REPLY.format(l=x))
+            for x in _LEARNING for form in _LEARNING_FORMS]
+    return [t for t in out if t[1] not in NO_TOOL_PROMPTS]
+
+
+# Names to copy: a tool call is only right when the name in it is the asked one, letter for
+# letter, and the tiny model misspelled held-out names in 111 of 511 calls (cmath.log10 ->
+# cmath.logical). Made-up names (a real module, an invented attribute) asked with the tool
+# offered practise copying any name: the call carries it exactly, the tool finds nothing,
+# the answer says so.
+_SYLLABLES = ("fro", "bn", "qu", "ux", "zor", "bli", "tz", "nack", "vel", "tor", "pim",
+              "dax", "gro", "mel", "ish", "ka", "lo", "rin", "sp", "ud", "wex", "yo")
+COPY_PRACTICE_NAMES = 600
+
+
+def _invented_attribute(i: int) -> str:
+    parts = [_SYLLABLES[_pick(f"syl|{i}|{k}", len(_SYLLABLES))]
+             for k in range(2 + _pick(f"len|{i}", 3))]
+    style = _pick(f"style|{i}", 3)
+    if style == 0:
+        return "".join(parts)
+    if style == 1:
+        return "_".join(parts)
+    return "".join(p.capitalize() for p in parts)  # a class-like name
+
+
+def _copy_practice() -> list[tuple[str, str]]:
+    """(name, kind) of invented names under real modules, none documented."""
+    known = {e.name for e in _entries()}
+    modules = sorted({n.split(".")[0] for n in known})
+    out = []
+    for i in range(COPY_PRACTICE_NAMES * 2):
+        name = f"{modules[_pick(f'mod|{i}', len(modules))]}.{_invented_attribute(i)}"
+        if name in known or any(name == n for n, _ in out):
+            continue
+        kind = "class" if name.split(".")[-1][0].isupper() else "function"
+        out.append((name, kind))
+        if len(out) == COPY_PRACTICE_NAMES:
+            break
+    return out
+
+
 def _written() -> list[tuple[str, list[dict[str, str]]]]:
     """(key, messages) of the project's own conversations; the key decides the split."""
     out = []
     for i, (ask, reply) in enumerate(_GREETINGS):
         out.append((f"greeting|{ask}", _turns(ask, reply, system=i % 3 == 0)))
     names = sorted(e.name for e in _entries() if not is_heldout(e.name))
-    for kind, ask, reply in _small_talk(names):
+    for kind, ask, reply in _small_talk(names) + _chit_chat():
         out.append((f"{kind}|{ask}", _turns(ask, reply, system=_pick(ask, 4) == 0)))
     for i, name in enumerate(_MADE_UP):
         kind = "module" if "." not in name else ("class" if name.split(".")[-1][0].isupper()
@@ -414,6 +499,19 @@ def pydocs_conversations(split: str = "train") -> list[Conversation]:
             out.append(Conversation(
                 [*_turns(hello, hi), *_turns(ask, reply_for(e))], f"pydocs-chat:{e.name}#chat"))
     tools = docstring_tools()
+    if not want_heldout:
+        for i, (name, kind) in enumerate(_copy_practice()):
+            ask = question_for(name, kind, i).format(n=name)
+            call = {"type": "function", "function": {"name": "docstring",
+                                                     "arguments": {"name": name}}}
+            head = [{"role": "system", "content": SYSTEM_PROMPT}] if _pick(ask, 4) == 0 else []
+            out.append(Conversation([
+                *head, {"role": "user", "content": ask},
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "content": docstring_text(name)},
+                {"role": "assistant",
+                 "content": _UNKNOWN_ANSWERS[i % len(_UNKNOWN_ANSWERS)].format(n=name)}],
+                f"pydocs-chat:copy|{name}#tools", tools))
     known = {e.name for e in _entries()}
     for key, messages in _written():
         name = key.split("|", 1)[1]
