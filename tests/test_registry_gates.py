@@ -14,6 +14,8 @@ from rich.console import Console
 
 from lmforge.errors import LmforgeError
 from lmforge.eval.gates import check_sizes, parse_gates
+from lmforge.lifecycle import card_render
+from lmforge.lifecycle.card import Move
 from lmforge.lifecycle.registry_stage import PromoteSettings
 from lmforge.registry import Workspace, db, render
 from lmforge.registry.approval import ApprovalPolicy
@@ -105,6 +107,14 @@ def test_the_stored_decision_holds_every_gate_and_its_numbers(ws):
     console.print(render.show(ws.resolve(m.id), ws.state_of(m.id), ws.history(m.id)))
     text = console.export_text()
     assert "approval decision" in text and "1.25 ± 0.1" in text and "0.05 [0.025, 0.1]" in text
+    # The model card shows the same decision, read from the record.
+    title, table = card_render._decision(Move.of(ws.history(m.id)[-1]))
+    assert title.text.startswith("Approval decision") and title.text.endswith("passed)")
+    assert (f"`{big}`", "docstrings_bpb/bpb <= 2", "1.25 ± 0.1", "200", "passed",
+            "report") in table.items
+    gate_cell, measured_cell, _, verdict_cell, _ = table.items[1][1:]
+    assert (gate_cell, measured_cell, verdict_cell) == ("docstrings_bpb: n >= 100", "200",
+                                                        "passed")
 
 
 def test_red_team_minimums_and_maximums_refuse_naming_the_rule(ws):

@@ -180,13 +180,15 @@ class Move:
     command: str = ""
     sunset: str | None = None  # a deprecation's announced date and successor
     successor: str | None = None
+    decision: dict[str, Any] | None = None  # an approval's gates (registry/approval.py)
 
     @classmethod
     def of(cls, e: Event) -> Move:
         # getattr: workspaces written before events kept who, how, sunset and successor.
         return cls(e.artifact_id, e.time, e.from_state, e.to_state, e.reason, e.forced, e.note,
                    getattr(e, "actor", "") or "", getattr(e, "command", "") or "",
-                   getattr(e, "sunset", None), getattr(e, "successor", None))
+                   getattr(e, "sunset", None), getattr(e, "successor", None),
+                   getattr(e, "decision", None))
 
 
 @dataclass(frozen=True)

@@ -306,7 +306,25 @@ def _history(card: ModelCard) -> list[Block]:
     for m in card.history:
         if m.command:
             out.append(_p(f"{_time(m.time)} → {m.to_state}: `{m.command}`"))
+    for m in card.history:
+        if m.decision is not None:
+            out += _decision(m)
     return out
+
+
+def _decision(m: Move) -> list[Block]:
+    """The gates an approval weighed, as the record keeps them."""
+    from lmforge.registry.render import measured
+
+    decision = m.decision or {}
+    verdict = "passed" if decision.get("passed") else "refused, then forced"
+    rows = [(f"`{r['report']}`", g["gate"], measured(g), g.get("n"),
+             "passed" if g["passed"] else "**FAILED**", g["source"])
+            for r in decision.get("reports", []) for g in r["gates"]]
+    out = [_h3(f"Approval decision ({_time(m.time)}, {verdict})")]
+    if not rows:
+        return out + [_p("The reports it rested on keep no gate numbers.")]
+    return out + [_table(("report", "gate", "measured", "n", "verdict", "from"), rows)]
 
 
 def _sunset(card: ModelCard) -> list[Block]:
