@@ -82,7 +82,7 @@ def test_a_refused_forward_leaves_the_cache_usable(model):
 def test_the_fused_decode_step_equals_the_general_forward(model):
     """decode_step (fused, transposed weights) against Transformer.forward on the same
     cache history, rows in step and out of step (a mask), with the same cache writes."""
-    for lengths in ([9, 9], [9, 4, 13]):
+    for lengths in ([9, 9], [9, 4, 13], [9, 4, 13, 6, 11]):  # 5 rows: packed weights
         ids = torch.randint(0, 512, (len(lengths), max(lengths)),
                             generator=torch.Generator().manual_seed(3))
         fast, general = model.new_cache(len(lengths)), model.new_cache(len(lengths))

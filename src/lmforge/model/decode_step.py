@@ -33,16 +33,47 @@ from lmforge.model.transformer import RMSNorm, Transformer, apply_rotary
 FAST_DECODE_MAX_BYTES = 256 * 2**20  # projection weights of models this small get a copy
 
 
+PACKED_FROM_ROWS = 4  # steps of this many rows or more multiply with oneDNN's packed weights
+
+
+class _Matrix:
+    """One projection, applied as `matrix(x)` = x @ W.t() for x (rows, in).
+
+    MKL on a transposed contiguous copy for one row or a few; from PACKED_FROM_ROWS rows on,
+    oneDNN on a copy packed into its own blocked layout (a batch-16 step's products measured
+    1.3-1.7x faster that way here; at one row MKL is faster). The packed copy is made on the
+    first batched step, so single-stream decoding never holds it.
+    """
+
+    def __init__(self, weight: torch.Tensor):  # (out, in), as nn.Linear holds it
+        self.t = weight.t().contiguous()
+        self.packed: torch.Tensor | None = None
+        self.pack_failed = weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] < PACKED_FROM_ROWS or self.pack_failed:
+            return x @ self.t
+        if self.packed is None:
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(
+                    self.t.t().contiguous(), 16)
+            except (AttributeError, RuntimeError):  # a torch built without oneDNN
+                self.pack_failed = True
+                return x @ self.t
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+
+
 @dataclass
 class _LayerWeights:
-    qkv: torch.Tensor  # (d_model, (heads + 2 kv_heads) * head_dim)
-    o: torch.Tensor  # (d_model, d_model)
-    gate_up: torch.Tensor  # (d_model, 2 * ffn_hidden)
-    down: torch.Tensor  # (ffn_hidden, d_model)
+    qkv: _Matrix  # out: heads * head_dim for q, then kv_heads * head_dim for k and for v
+    o: _Matrix
+    gate_up: _Matrix  # out: ffn_hidden for the gate, then ffn_hidden for up
+    down: _Matrix
 
 
 class DecodeWeights:
-    """The model's projections transposed and fused, and what tells when they went stale."""
+    """The model's projections fused and laid out for decoding, and what tells when they went
+    stale."""
 
     def __init__(self, model: Transformer, weights: list[torch.Tensor]):
         self.sources = weights  # held, so that no other tensor can take their identity
@@ -51,11 +82,11 @@ class DecodeWeights:
         for block in model.model.layers:
             a, m = block.self_attn, block.mlp
             self.layers.append(_LayerWeights(
-                qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).t().contiguous(),
-                o=a.o_proj.weight.t().contiguous(),
-                gate_up=torch.cat([m.gate_proj.weight, m.up_proj.weight]).t().contiguous(),
-                down=m.down_proj.weight.t().contiguous()))
-        self.head = model.lm_head.weight.t().contiguous()
+                qkv=_Matrix(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),
+                o=_Matrix(a.o_proj.weight),
+                gate_up=_Matrix(torch.cat([m.gate_proj.weight, m.up_proj.weight])),
+                down=_Matrix(m.down_proj.weight)))
+        self.head = _Matrix(model.lm_head.weight)
 
     def fresh(self, weights: list[torch.Tensor]) -> bool:
         """Made from these very tensors, none changed in place since (version counters)."""
@@ -122,15 +153,15 @@ def decode_step(model: Transformer, weights: DecodeWeights, token: torch.Tensor,
         mask = (slots[None, :] <= position[:, None])[:, None, None]  # (b, 1, 1, end)
     rows = torch.arange(b, device=token.device)
     for i, (block, w) in enumerate(zip(model.model.layers, weights.layers)):
-        qkv = _norm(block.input_layernorm, x) @ w.qkv
+        qkv = w.qkv(_norm(block.input_layernorm, x))
         qk = apply_rotary(qkv[:, :(h + kv) * hd].view(b, h + kv, hd), cos, sin)
         cache.keys[i, rows, :, position] = qk[:, h:]  # (b, kv_heads, head_dim) at each row's slot
         cache.values[i, rows, :, position] = qkv[:, (h + kv) * hd:].view(b, kv, hd)
         y = F.scaled_dot_product_attention(
             qk[:, :h, None], cache.keys[i, :, :, :end], cache.values[i, :, :, :end],
             attn_mask=mask, enable_gqa=kv != h)  # (b, heads, 1, head_dim)
-        x = x + y.reshape(b, h * hd) @ w.o
-        gate, up = (_norm(block.post_attention_layernorm, x) @ w.gate_up).chunk(2, dim=-1)
-        x = x + (F.silu(gate) * up) @ w.down
+        x = x + w.o(y.reshape(b, h * hd))
+        gate, up = w.gate_up(_norm(block.post_attention_layernorm, x)).chunk(2, dim=-1)
+        x = x + w.down(F.silu(gate) * up)
     cache.lengths += 1
-    return _norm(model.model.norm, x) @ weights.head
+    return weights.head(_norm(model.model.norm, x))
