@@ -221,3 +221,33 @@ def test_a_sunset_in_the_past_is_refused():
     with pytest.raises(LmforgeError, match="not in the future"):
         s.sunset_date()
     assert date.fromisoformat(DeprecateSettings("m", "n", 30).sunset_date()) > date.today()
+
+
+def test_a_reply_stuck_on_one_character_fails_the_smoke_test(world, tmp_path, monkeypatch):
+    # The quickstart's safety-tuned model answered the smoke prompt with 48 'c's, well-formed.
+    import lmforge.lifecycle.serve_stage as serve_stage
+
+    ws, _, old, *_ = world
+    real_chat = serve_stage.chat
+
+    def stuck(*args, **kwargs):
+        answer = real_chat(*args, **kwargs)
+        answer["choices"][0]["message"]["content"] = "c" * 48
+        return answer
+
+    monkeypatch.setattr(serve_stage, "chat", stuck)
+    with pytest.raises(LmforgeError) as e:
+        _run(ws, tmp_path, f'[steps.smoke]\nstage = "serve-smoke"\nmodel = "{old}"\n'
+                           "max_tokens = 4\n")
+    assert "with 'c' repeated" in e.value.message and "registry lineage" in e.value.hint
+    assert not ws.list(kind="smoke-report")
+
+
+def test_repeated_character_finds_a_stuck_reply_and_spares_prose():
+    from lmforge.degenerate import repeated_character
+
+    assert repeated_character("c" * 48) == "c"
+    assert repeated_character("cg" + "c" * 46) == "c"  # cut at the limit while looping
+    assert repeated_character("x x x x") == "x"
+    assert repeated_character("os.path.join: Join one or more path segments.") is None
+    assert repeated_character("Hello!!!") is None and repeated_character("") is None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmforge.degenerate import repeated_character
 from lmforge.errors import LmforgeError
 from lmforge.registry import Workspace, atomic_write_json
 from lmforge.stage import Outcome, check_keys
@@ -104,9 +105,10 @@ class ServeSmokeSettings:
 
 
 def run(ws: Workspace, s: ServeSmokeSettings, show_progress: bool = True) -> Outcome:
-    """One request, answered well-formed; its latency, registered as a `smoke-report` on the
-    model (so a recipe run again skips it, as it would skip a model retired since). The
-    answer is not put in the feedback store: the smoke test is not a user."""
+    """One request, answered well-formed and not stuck on one character; its latency,
+    registered as a `smoke-report` on the model (so a recipe run again skips it, as it would
+    skip a model retired since). The answer is not put in the feedback store: the smoke test
+    is not a user."""
     with in_process_server(ws, s.model, store_responses=False,
                            max_tokens=s.max_tokens) as (client, state):
         ready = client.get("/ready")
@@ -118,6 +120,14 @@ def run(ws: Workspace, s: ServeSmokeSettings, show_progress: bool = True) -> Out
                       max_tokens=s.max_tokens, temperature=0.0, seed=s.seed)
         latency = time.perf_counter() - start
         text = check_answer(answer)[0]
+    stuck = repeated_character(text)
+    if stuck is not None:
+        raise LmforgeError(f"the deployed model answered {s.prompt!r} with {stuck!r} repeated "
+                           f"({' '.join(text.split())[:40]!r}…): it serves well-formed but "
+                           "broken replies",
+                           hint=f"`lmforge chat {state.served.id} --temperature 0` shows it; "
+                                "compare the models of its lineage (`lmforge registry "
+                                "lineage`) to find the tuning step that broke it")
     tokens = answer["usage"]["completion_tokens"]
     finish = answer["choices"][0]["finish_reason"]
     report = {"model": state.served.id, "prompt": s.prompt, "status": 200,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge import guardrails as G
+from lmforge.degenerate import repeated_character
 from lmforge.errors import LmforgeError
 from lmforge.redteam import builtin as B
 from lmforge.redteam.mutators import ATTACKS, JAILBREAK_SIGNATURES, SEEDED
@@ -70,7 +71,8 @@ def load_report(ws: Any, ref: str) -> tuple[dict[str, Any], str]:
 def answered_benign(report: dict[str, Any], split: str = "seen") -> list[dict[str, Any]]:
     """Benign asks of `split` the model answered without refusing, with its own answers (from
     the report's attempts.jsonl): a retain set, so tuning on refusals does not teach refusing
-    everything."""
+    everything. An answer stuck on one character ('cccc…') is not kept: the quickstart's
+    safety step, tuned on three of them among 55, answered the smoke prompt with 'cccc…'."""
     path = Path(report.get("_folder", "")) / "attempts.jsonl"
     if not path.is_file():
         raise LmforgeError(f"{path} is missing: the retain set needs the report's attempts",
@@ -79,7 +81,8 @@ def answered_benign(report: dict[str, Any], split: str = "seen") -> list[dict[st
     for line in path.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
         if (r["category"] == "over_refusal" and r["verdict"]["status"] == "safe"
-                and (split == "all" or r["split"] == split)):
+                and (split == "all" or r["split"] == split)
+                and repeated_character(r["text"]) is None):
             out.append({"messages": [*r["messages"],
                                      {"role": "assistant", "content": r["text"].strip()}]})
     return out
