@@ -195,5 +195,12 @@ def test_chat_recipe_loads_and_points_at_the_shared_instructions(shared_data):
     s = FinetuneSettings.from_dict({"model": "m", **params}, "sft", path.parent)
     assert s.fallback == ("hf:tatsu-lab/alpaca:train[:1000]",)  # not made a local path
     refs, note = data_refs(s)
-    assert note is None and len(refs) == 3
+    assert note is None and len(refs) == 4
     assert all(Path(r).is_file() for r in refs)
+    # The project's own definitions never ask what the samples step asks ("What is a cat?").
+    from lmforge.data.chat import load_conversations
+
+    own = [r for r in refs if r.endswith("simple_questions.jsonl")]
+    asked = [m["content"] for c in load_conversations(own) for m in c.messages
+             if m["role"] == "user"]
+    assert len(asked) > 100 and not any("cat" in a.split("?")[0].split() for a in asked)

@@ -84,12 +84,15 @@ def test_hub_prompts_read_a_local_dataset_copy(tmp_path):
     assert [p[-1]["content"] for p in prompts] == ["What is a dog?", "What is a owl?"]
 
 
-def test_fallback_is_read_only_when_every_local_path_is_absent(tmp_path):
+def test_fallback_replaces_the_absent_local_paths_and_says_so(tmp_path):
     here = write_jsonl(tmp_path / "p.jsonl", [{"text": "x"}])
     gone = str(tmp_path / "gone" / "p.jsonl")
     assert absent_local(gone) and not absent_local(str(here))
     assert not absent_local("pydocs-chat:heldout") and not absent_local("hf:a/b:test")
     assert with_fallback([gone], ["hf:a/b"]) == (
         ["hf:a/b"], f"{gone} absent; read its fallback hf:a/b")
-    assert with_fallback([gone, str(here)], ["hf:a/b"]) == ([gone, str(here)], None)
+    # A recipe's own file stays beside the fallback of a shared file a user's clone lacks.
+    assert with_fallback([gone, str(here)], ["hf:a/b"]) == (
+        [str(here), "hf:a/b"], f"{gone} absent; read its fallback hf:a/b")
+    assert with_fallback([str(here)], ["hf:a/b"]) == ([str(here)], None)
     assert with_fallback([gone], []) == ([gone], None)  # no fallback: the path's own error

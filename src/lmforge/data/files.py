@@ -44,10 +44,15 @@ def absent_local(ref: str) -> bool:
 
 
 def with_fallback(refs: list[str], fallback: list[str]) -> tuple[list[str], str | None]:
-    """`refs`, or `fallback` when every one of `refs` is absent_local, with a note saying so."""
-    if fallback and refs and all(absent_local(r) for r in refs):
-        return list(fallback), f"{', '.join(refs)} absent; read its fallback {', '.join(fallback)}"
-    return list(refs), None
+    """`refs`, with those that are absent_local replaced by `fallback` (once), and a note
+    saying so: a recipe may name files of its own, always there, beside files of a shared
+    data folder that a user's clone lacks."""
+    missing = [r for r in refs if absent_local(r)]
+    if not fallback or not missing:
+        return list(refs), None
+    kept = [r for r in refs if r not in missing]
+    return kept + list(fallback), \
+        f"{', '.join(missing)} absent; read its fallback {', '.join(fallback)}"
 
 
 @dataclass(frozen=True)
