@@ -48,7 +48,8 @@ class _Matrix:
     def __init__(self, weight: torch.Tensor):  # (out, in), as nn.Linear holds it
         self.t = weight.t().contiguous()
         self.packed: torch.Tensor | None = None
-        self.pack_failed = weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available()
+        self.pack_failed = (weight.device.type != "cpu" or weight.dtype != torch.float32
+                            or not torch.backends.mkldnn.is_available())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] < PACKED_FROM_ROWS or self.pack_failed:
