@@ -1,20 +1,23 @@
 """The decode step of a small model: one new token per row, with few and cheap matmuls.
 
 A decode step multiplies one vector per row by every weight matrix, so it is bound by reading
-the weights and by per-op overhead, not by arithmetic. Two things measured on a 2-core EPYC
-(tiny preset, one thread, the 29 products of a token) make it about 2x faster than
-`Transformer.hidden` with the model's own `nn.Linear`s:
+the weights and by per-op overhead, not by arithmetic. What made it faster than
+`Transformer.hidden` with the model's own `nn.Linear`s, measured on a 2-core EPYC (tiny
+preset, one thread; bench/README.md has the figures):
 
-- `x @ Wt` with the weight stored transposed (in, out) and contiguous runs ~1.5x faster than
-  `F.linear(x, W)` on the (out, in) layout at one row (MKL's path for a transposed operand);
+- `x @ Wt` with the weight stored transposed (in, out) and contiguous: 1.4x or more faster
+  than `F.linear(x, W)` on the (out, in) layout at one row (MKL's path for a transposed
+  operand); from a few rows on, oneDNN's packed layout is faster still (`_Matrix`);
 - q/k/v and gate/up concatenated into one matrix each: 17 products a token instead of 29,
-  each long enough to stream well, and one rotary pass for q and k together.
+  each long enough to stream well, and one rotary pass for q and k together;
+- no host sync: the attention is sized by the lengths the caller counts.
 
-So `DecodeWeights` keeps a transposed, fused copy of the projections (the model's parameters
-are untouched: state dicts, training and LoRA see nothing). The copy costs the weights'
-memory once more, so it is made only for small models (`FAST_DECODE_MAX_BYTES`), where
-per-step overhead decides speed; it is rebuilt whenever a parameter changes (its version
-counter or storage), so a model trained further between samples is never read stale.
+So `DecodeWeights` keeps a fused copy of the projections (the model's parameters are
+untouched: state dicts, training and LoRA see nothing). The copy costs the weights' memory
+once more (twice once batched steps pack theirs), so it is made only for small models
+(`FAST_DECODE_MAX_BYTES`), where per-step overhead decides speed; it is rebuilt whenever a
+projection changes (another tensor, or its version counter moved), so a model trained
+further between samples is never read stale.
 Rounding differs from `F.linear` by a few 1e-7 (another summation order), as it does between
 any two matmul shapes; tests/test_decode_fast_path.py checks greedy tokens are unchanged.
 """
@@ -31,8 +34,6 @@ from lmforge.model.kv_cache import KVCache
 from lmforge.model.transformer import RMSNorm, Transformer, apply_rotary
 
 FAST_DECODE_MAX_BYTES = 256 * 2**20  # projection weights of models this small get a copy
-
-
 PACKED_FROM_ROWS = 4  # steps of this many rows or more multiply with oneDNN's packed weights
 
 
@@ -57,7 +58,7 @@ class _Matrix:
         if self.packed is None:
             try:
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(
-                    self.t.t().contiguous(), 16)
+                    self.t.t().contiguous(), 16)  # tuned for 16 rows, the engine's default
             except (AttributeError, RuntimeError):  # a torch built without oneDNN
                 self.pack_failed = True
                 return x @ self.t
