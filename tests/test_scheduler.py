@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
+import time
 
 import pytest
 import torch
@@ -173,15 +175,24 @@ def test_stop_id_and_max_tokens(model, tok):
     assert len(edge) == 4 and edge_end.finish_reason == "length"
 
 
-def test_cancel_and_abandon_free_the_row(model, tok):
+def test_cancel_and_abandon_free_the_row(model, tok, monkeypatch):
     long = SamplingParams(temperature=0, max_new_tokens=40)
     prompt = _prompts([4], seed=8)[0]
+    cancelled = threading.Event()
+    real_step = scheduler.decode_step
+
+    def held_step(*args):  # decoding waits for the cancel, so it cannot finish all 40 first
+        cancelled.wait(timeout=30)
+        return real_step(*args)
+
+    monkeypatch.setattr(scheduler, "decode_step", held_step)
     with Engine(model, tok, max_batch=1) as engine:
         a = engine.submit(GenerationRequest(prompt, long))
         b = engine.submit(GenerationRequest(prompt, GREEDY))
         events = iter(a)
-        next(events)
+        next(events)  # the prefill's token; the first decode step waits
         a.cancel()
+        cancelled.set()
         rest = list(events)
         assert rest[-1].finish_reason == "abort" and rest[-1].completion_tokens < 40
         assert _collect(b)[2].finish_reason == "length"
@@ -261,8 +272,17 @@ def test_an_error_in_the_model_reaches_the_streams_and_the_loop_goes_on(model, t
     assert not engine._thread.is_alive()
 
 
-def test_stop_aborts_running_requests(model, tok):
+def test_stop_aborts_running_requests(model, tok, monkeypatch):
     engine = Engine(model, tok)
+    real_step = scheduler.decode_step
+
+    def held_step(*args):  # decoding waits for stop(), so the request cannot finish first
+        deadline = time.monotonic() + 30
+        while not engine._stopping and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return real_step(*args)
+
+    monkeypatch.setattr(scheduler, "decode_step", held_step)
     engine.start()
     stream = engine.submit(GenerationRequest([5, 6, 7], SamplingParams(max_new_tokens=50)))
     events = iter(stream)
