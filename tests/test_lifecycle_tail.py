@@ -64,9 +64,9 @@ def _recipe(tmp_path, text: str):
     return load_recipe(str(path), [], tuple(STAGES))
 
 
-def _run(ws, tmp_path, text: str):
+def _run(ws, tmp_path, text: str, width: int = 160):
     out = io.StringIO()
-    results = run_recipe(ws, _recipe(tmp_path, text), Console(file=out, width=160),
+    results = run_recipe(ws, _recipe(tmp_path, text), Console(file=out, width=width),
                          show_progress=False)
     return {r.name: r for r in results}, out.getvalue()
 
@@ -177,8 +177,13 @@ def test_the_lifecycle_tail_runs_as_recipe_steps_and_prints_one_screen(world, tm
     assert "tuned -> approved -> deployed" in screen and "production" in screen
     assert len(screen.splitlines()) < 50
     # Run again: nothing moves twice, the store gets no second round of feedback.
-    again, _ = _run(ws, tmp_path, tail(old, new, rm))
+    # Printed at 80 columns (a pipe, CI), every step's row still ends with its seconds.
+    again, out = _run(ws, tmp_path, tail(old, new, rm), width=80)
     assert all(again[s].skipped for s in ("deploy", "smoke", "feedback", "retire"))
+    screen = out[out.index("─ lifecycle ─"):]
+    rows = [line for line in screen.splitlines()
+            if line.strip("│ ").split(" ")[0] in ("deploy", "smoke", "feedback", "retire")]
+    assert len(rows) == 4 and all(r.rstrip("│ ").endswith("cached") for r in rows), rows
     assert len(ws.history(old)) == len(moves)
 
 

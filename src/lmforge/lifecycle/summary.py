@@ -23,7 +23,7 @@ from lmforge.errors import LmforgeError
 from lmforge.registry import Workspace
 from lmforge.stage import Outcome, check_keys
 
-SCREEN_WIDTH = 120  # when printing to a file or pipe, where no terminal says its width
+SCREEN_WIDTH = 120  # lifecycle_view's default width; the step prints at the console's own
 
 
 def state_path(ws: Workspace, model_id: str) -> str:
@@ -83,7 +83,9 @@ def run_summary(ctx: Any, name: str, params: dict[str, Any]) -> Any:
     check_keys(params, f"step '{name}'", optional=("models",))
     models = params.get("models", [])
     models = [models] if isinstance(models, str) else list(models)
-    width = ctx.console.width if ctx.console.is_terminal else SCREEN_WIDTH
+    # The console's own width (80 when writing to a file or pipe unless COLUMNS says more):
+    # a wider panel would be cropped on the right, and the seconds column with it.
+    width = ctx.console.width
     ctx.console.print(Panel(lifecycle_view(ctx.ws, list(ctx.history), models, width - 4),
                             title="lifecycle", width=width))
     total = sum(r.seconds for r in ctx.history if not r.skipped)
