@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from lmforge.design.spec import ModelDesign
 from lmforge.errors import Interrupted
 from lmforge.model.init import initialize
 from lmforge.model.io import savable_state
@@ -27,23 +26,9 @@ from lmforge.train.batches import PackedSequences, TokenWindows
 from lmforge.train.loop import train
 from lmforge.train.objectives import NextToken
 from lmforge.train.settings import TrainSettings
+from test_train import DESIGN, ArraySource, periodic_tokens  # torchrun puts this folder on the path
 
-VOCAB = 64
-DESIGN = ModelDesign(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=VOCAB,
-                     context_length=64, name="unit")
-
-
-class ArraySource:
-    def __init__(self, tokens: np.ndarray):
-        self.array, self.tokens = tokens, len(tokens)
-
-    def get(self, start: int, length: int) -> np.ndarray:
-        return self.array[start:start + length]
-
-
-def periodic(n: int, seed: int) -> np.ndarray:
-    pattern = np.random.default_rng(seed).integers(0, VOCAB, 29)
-    return np.resize(pattern, n).astype(np.uint16)
+VOCAB = DESIGN.vocab_size
 
 
 def sequences(n: int, seed: int):
@@ -77,8 +62,8 @@ def dpo_units(pairs) -> list[dpo.PairUnit]:
 
 def build(kind: str, s: TrainSettings):
     if kind == "next_token":
-        return NextToken(), TokenWindows(ArraySource(periodic(20_000, 0)),
-                                         ArraySource(periodic(2_000, 1)), s.seq_len,
+        return NextToken(), TokenWindows(ArraySource(periodic_tokens(20_000, seed=0)),
+                                         ArraySource(periodic_tokens(2_000, seed=1)), s.seq_len,
                                          s.micro_batch, s.accumulation, s.eval_batches)
     if kind == "sft":
         return NextToken(), PackedSequences(sequences(400, 0), sequences(40, 1), s.seq_len,
