@@ -1,6 +1,7 @@
 """`lmforge reproduce`: a record built through the CLI is rebuilt stage by stage from the record
 alone; a changed input file or a flipped byte of weights is reported at its stage."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -9,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lmforge.lifecycle.reproduce import Reproduction
+from lmforge.lifecycle.reproduce import Reproduction, lineage_order
 from lmforge.registry import Workspace
 from test_cli import artifact_id, corpus_file, design_file, one_clean_error  # noqa: F401
+from test_curate_pipeline import _stories
 from test_finetune import SFT_TUNE, _chats
 from test_pretrain_cli import ARGS
 
@@ -143,3 +145,126 @@ def test_weights_that_differ_are_measured_and_pass_only_within_tolerance(tmp_pat
         assert same.verdict == "equivalent" and same.max_abs is None
     finally:
         ws.close()
+
+
+# ---- reward model, DPO and RLHF, and curation --------------------------------------------
+
+TINY_TUNE = ("--steps", "2", "--batch-tokens", "256", "--micro-batch", "4", "--seq-len", "32",
+             "--eval-every", "10", "--val-fraction", "0.25", "--device", "cpu")
+TINY_RL = ("--steps", "2", "--lr", "1e-3", "--device", "cpu", "--seq-len", "32",
+           "--batch-tokens", "256", "--micro-batch", "8", "--rl",
+           "prompts_per_step=2,max_new_tokens=6,eval_prompts=2,minibatches=1,epochs=1")
+
+
+def _prefs(path: Path) -> Path:
+    kind, rude = ("It is a fine one.", "Glad you asked."), ("Go away.", "Stop asking.")
+    path.write_text("".join(json.dumps({"prompt": f"Tell me about {a} {b}.",
+                                        "chosen": kind[i % 2], "rejected": rude[i % 2]}) + "\n"
+                            for i, (a, b) in enumerate(zip("abcdefghijkl", "mnopqrstuvwx"))))
+    return path
+
+
+@pytest.fixture
+def aligned(cli, record, tmp_path):
+    """On the SFT model of `record`: a reward model, a DPO model (with the pretrained model as
+    its reference), and an RLHF policy tuned from the DPO model against the reward model."""
+    prefs = _prefs(tmp_path / "prefs.jsonl")
+    code, out, err = cli("finetune", record["tuned"], "--method", "reward", "--data", prefs,
+                         *TINY_TUNE)
+    assert code == 0, err
+    rm = artifact_id(out, "reward-model")
+    code, out, err = cli("finetune", record["tuned"], "--method", "dpo", "--data", prefs,
+                         "--reference", record["base"], *TINY_TUNE)
+    assert code == 0, err
+    dpo = artifact_id(out, "model")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"text": f"What is {w}?"}) + "\n"
+                               for w in ("a cat", "a dog", "the sun", "a tree", "rain", "a boat")))
+    code, out, err = cli("finetune", dpo, "--method", "rlhf", "--reward", rm, "--prompts",
+                         prompts, *TINY_RL)
+    assert code == 0, err
+    return {**record, "prefs": prefs, "prompts": prompts, "reward": rm, "dpo": dpo,
+            "rlhf": artifact_id(out, "model")}
+
+
+def _by_id(out: str) -> dict[str, dict]:
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {r["original"]: r for r in rows}
+
+
+def test_reward_dpo_and_rlhf_are_rebuilt_bit_identical(cli, aligned):
+    code, out, err = cli("reproduce", aligned["rlhf"], "--json")
+    assert code == 0, out + err
+    rows = _by_id(out)
+    assert {aligned[k] for k in ("base", "tuned", "reward", "dpo", "rlhf")} <= set(rows)
+    assert all(r["passed"] for r in rows.values()), [r for r in rows.values() if not r["passed"]]
+    for key in ("reward", "dpo", "rlhf"):
+        files = {f["path"]: f["status"] for f in rows[aligned[key]]["files"]}
+        assert files["model.safetensors"] == "identical", (key, files)
+        assert rows[aligned[key]]["verdict"] in ("identical", "equivalent")
+    files = {f["path"]: f["status"] for f in rows[aligned["reward"]]["files"]}
+    assert files["reward_head.safetensors"] == "identical"
+
+
+def test_changed_pairs_and_changed_prompts_are_reported_not_rebuilt(cli, aligned, monkeypatch):
+    with open(aligned["prefs"], "a", encoding="utf-8") as f:
+        f.write(json.dumps({"prompt": "New?", "chosen": "Yes.", "rejected": "No."}) + "\n")
+    # Prompts that read differently now, as a changed hub data set would: no file changed.
+    import lmforge.data.prompts as prompts_module
+
+    load = prompts_module.load_prompts
+    monkeypatch.setattr(prompts_module, "load_prompts",
+                        lambda refs: [[{"role": "user", "content": "Changed?"}]] + load(refs))
+    code, out, err = cli("reproduce", aligned["rlhf"], "--from", aligned["tuned"], "--json")
+    assert code == 1, err
+    rows = _by_id(out)
+    for key in ("reward", "dpo"):
+        assert rows[aligned[key]]["verdict"] == "cannot reproduce"
+        assert "prefs.jsonl changed (sha256" in rows[aligned[key]]["notes"][0]
+    rlhf = rows[aligned["rlhf"]]
+    assert rlhf["verdict"] == "cannot reproduce" and rlhf["rebuilt"] is None
+    assert rlhf["notes"][0].startswith("the prompts read now differ from what the original read")
+
+
+def test_an_rlhf_record_without_its_held_out_settings_cannot_be_reproduced(cli, aligned):
+    ws = Workspace.open(cli.workspace)
+    try:
+        original = ws.resolve(aligned["rlhf"])
+        rerun = dict(original.metrics["rerun"])
+        del rerun["val_data"], rerun["val_fraction"]  # as lmforge recorded it before
+        manifest = {**original.manifest, "metrics": {**original.metrics, "rerun": rerun}}
+        old = dataclasses.replace(original, manifest=manifest)
+        with Workspace.open(cli.workspace.parent / "scratch") as scratch:
+            run = Reproduction(ws, scratch)
+            for art in lineage_order(ws, aligned["rlhf"])[:-1]:
+                run.keep(art)
+            result = run.rebuild(old)
+    finally:
+        ws.close()
+    assert result.verdict == "cannot reproduce"
+    assert result.notes[0].startswith("the record does not hold val_data and val_fraction")
+
+
+def test_a_curated_dataset_and_one_curated_from_it_are_rebuilt_identical(cli, tmp_path):
+    docs = _stories(tmp_path)
+    code, out, err = cli("curate", "--source", f"web={docs}")
+    assert code == 0, err
+    first = artifact_id(out, "dataset")
+    code, out, err = cli("curate", "--source", f"again={first}", "--preset", "docs")
+    assert code == 0, err
+    second = artifact_id(out, "dataset")
+    code, out, err = cli("reproduce", second, "--json")
+    assert code == 0, out + err
+    rows = _by_id(out)
+    assert [rows[a]["verdict"] in ("identical", "equivalent") for a in (first, second)] == \
+        [True, True]
+    documents = [f for f in rows[second]["files"] if f["path"].endswith(".jsonl")]
+    assert documents and all(f["status"] == "identical" for f in documents)
+    with open(docs, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "a document added after curation " * 20}) + "\n")
+    code, out, err = cli("reproduce", second, "--json")
+    assert code == 1, err
+    rows = _by_id(out)
+    assert rows[first]["verdict"] == "cannot reproduce"
+    assert "web.jsonl changed (sha256" in rows[first]["notes"][0]
+    assert rows[second]["passed"]  # curated again from the original, copied in

@@ -8,25 +8,41 @@ artifact's id, so recording them changed no id.
 
     metrics["rerun"] = {"cwd": "/home/me/project",
                         "input_files": {"docs/": {"docs/a.txt": "<sha256>", ...}},
-                        "torch_threads": 2, "device": "cpu"}
+                        "torch_threads": 2, "device": "cpu", "read_sha256": "<sha256>"}
+
+File hashes cover local paths only. Data read from elsewhere (a `hf:` dataset, a built-in set
+that a newer lmforge may have changed) is covered by `read_sha256`, a digest of the records the
+stage read: while `lmforge reproduce` runs a stage again it sets the digest it expects
+(`expecting_read`), and the stage, having read its data and before training on it, calls
+`check_read`, which stops the rebuild when the data is not what the original read.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmforge.data.files import file_kind, has_magic
+from lmforge.errors import LmforgeError
 from lmforge.registry.manifest import sha256_file
 
 RERUN_KEY = "rerun"
 _MAX_LISTED = 5  # changed files named per input; the rest are counted
+# The read digest a reproduction expects of the stage it is running (None: not reproducing).
+_EXPECTED_READ: ContextVar[str | None] = ContextVar("expected_read", default=None)
+
+
+class InputChanged(LmforgeError):
+    """A stage run again by `lmforge reproduce` read other data than the original did."""
 
 
 def local_files(ref: str) -> list[Path] | None:
@@ -108,3 +124,35 @@ def input_changes(record: dict[str, Any]) -> list[str]:
             if len(lines) > _MAX_LISTED:
                 problems.append(f"… and {len(lines) - _MAX_LISTED} more in {ref}")
     return problems
+
+
+def records_digest(*parts: Iterable[Any]) -> str:
+    """sha256 of JSON-able records, part by part and in order (a record's key order does not
+    count): what a stage read, independent of where it read it from."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(b"part\n")
+        for record in part:
+            h.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()
+
+
+@contextmanager
+def expecting_read(digest: str | None) -> Iterator[None]:
+    """Run a stage that must read data with this digest (None: no expectation)."""
+    token = _EXPECTED_READ.set(digest)
+    try:
+        yield
+    finally:
+        _EXPECTED_READ.reset(token)
+
+
+def check_read(digest: str, what: str) -> None:
+    """Stop a reproduction whose stage read other data than the original (`what` names it in
+    the message); does nothing outside a reproduction."""
+    expected = _EXPECTED_READ.get()
+    if expected is not None and expected != digest:
+        raise InputChanged(f"the {what} read now differ from what the original read (sha256 "
+                           f"{expected[:12]}… recorded, {digest[:12]}… now): a data set it "
+                           f"read changed", hint="rebuild from the data as it was, or compare "
+                                                 "with --from to keep this stage")

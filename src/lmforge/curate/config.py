@@ -95,6 +95,19 @@ class CurationConfig:
         d.pop("executor")
         return d
 
+    @classmethod
+    def from_settings(cls, d: dict[str, Any]) -> CurationConfig:
+        """The config back from `settings()` (a dataset's record), run with one worker;
+        KeyError or TypeError when the record is not of that shape."""
+        d = dict(d)
+        dec = dict(d.pop("decontaminate"))
+        dec["eval_sets"] = [EvalSetSpec(**e) for e in dec.get("eval_sets", [])]
+        balance = d.pop("balance")
+        return cls(sources=[SourceConfig(**s) for s in d.pop("sources")],
+                   minhash=MinHashSettings(**d.pop("minhash")),
+                   decontaminate=DecontamConfig(**dec),
+                   balance=MixtureSettings(**balance) if balance is not None else None, **d)
+
 
 def _table(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):

@@ -7,21 +7,25 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lmforge.curate.config import CurationConfig, parse_config, with_paths_relative_to
+from lmforge.curate.decontam import BUILTIN_EVAL_SETS
 from lmforge.curate.pipeline import run_pipeline
 from lmforge.curate.report import report_markdown, save_funnel_png
 from lmforge.curate.sources import EMBEDDED, is_path, resolve_sources
 from lmforge.data.documents import Document
+from lmforge.data.eval_root import eval_data_root
+from lmforge.data.hub import is_hub_spec
 from lmforge.data.parts import dataset_documents
 from lmforge.errors import LmforgeError
 from lmforge.registry import Artifact, Workspace, atomic_write_text
 from lmforge.registry.store import remove_tree
+from lmforge.rerun import check_read, input_record, rerun_metrics
 from lmforge.stage import Outcome
 
 
@@ -83,15 +87,22 @@ class PreparedRun:
     resolve_dataset: DatasetResolver
     tokenizer_file: str | None
     run_dir: Path
+    dataset_ids: dict[str, str] = field(default_factory=dict)  # source ref -> artifact id
 
 
 def prepare_run(ws: Workspace, raw: dict[str, Any], where: str = "curation recipe"
                 ) -> PreparedRun:
     """Check a curation table against the workspace: sources, datasets, tokenizer, run folder."""
+    return prepare_config(ws, parse_config(raw, where))
+
+
+def prepare_config(ws: Workspace, cfg: CurationConfig) -> PreparedRun:
+    """`prepare_run` for a config already parsed (`lmforge reproduce` rebuilds one from a
+    dataset's record)."""
     # Local paths first (a missing one stops the run, or its source reads its fallback),
     # then dataset refs, once, up front: their ids are parents, a typo fails before any work,
     # and their files are verified once.
-    cfg, notes = resolve_sources(parse_config(raw, where))
+    cfg, notes = resolve_sources(cfg)
     datasets = {}
     for s in cfg.sources:
         for p in s.paths:
@@ -110,13 +121,19 @@ def prepare_run(ws: Workspace, raw: dict[str, Any], where: str = "curation recip
         parents["tokenizer"] = [tok_art.id]
     return PreparedRun(cfg, notes, parents,
                        DatasetResolver({ref: str(a.path) for ref, a in datasets.items()}),
-                       tokenizer_file, ws.runs_dir / f"curate-{run_key(cfg)}")
+                       tokenizer_file, ws.runs_dir / f"curate-{run_key(cfg)}",
+                       {ref: a.id for ref, a in datasets.items()})
 
 
 def curate_stage(ws: Workspace, raw: dict[str, Any], where: str = "curation recipe",
                  show_progress: bool = True, keep_run: bool = False) -> Artifact:
     """Curate the sources `raw` describes (see curate/config.py) into a dataset artifact."""
-    prep = prepare_run(ws, raw, where)
+    return curate_prepared(ws, prepare_run(ws, raw, where), show_progress, keep_run)
+
+
+def curate_prepared(ws: Workspace, prep: PreparedRun, show_progress: bool = True,
+                    keep_run: bool = False) -> Artifact:
+    """Run a prepared curation and register its dataset artifact."""
     cfg, parents, run_dir = prep.config, prep.parents, prep.run_dir
     bars = _Bars(show_progress)
     with ws.staging() as out, bars.progress:
@@ -127,6 +144,8 @@ def curate_stage(ws: Workspace, raw: dict[str, Any], where: str = "curation reci
                 f"curation removed every document ({'; '.join(result.stats['warnings'])})",
                 hint="loosen the filters of the source's preset, or pick another preset; "
                      f"the run's stats are in {run_dir}")
+        rerun = rerun_record(prep)
+        check_read(rerun["read_sha256"], "documents")
         atomic_write_text(out / "report.md", report_markdown(result.stats))
         _funnel_png(result.stats, out / "funnel.png")
         names = [s.name for s in cfg.sources]
@@ -137,11 +156,34 @@ def curate_stage(ws: Workspace, raw: dict[str, Any], where: str = "curation reci
                      "sources": result.stats["sources"], "parts": len(result.parts),
                      "warnings": result.stats["warnings"],
                      "read_errors": result.stats["read_errors"]["count"],
-                     "seconds": round(result.seconds, 2), "workers": cfg.workers},
+                     "seconds": round(result.seconds, 2), "workers": cfg.workers,
+                     **rerun_metrics(rerun)},
             name="curated-" + "-".join(names)[:40])
     if not keep_run:
         remove_tree(run_dir)  # the artifact holds everything; the run folder only served resume
     return art
+
+
+def rerun_record(prep: PreparedRun) -> dict[str, Any]:
+    """What `lmforge reproduce` needs beside the settings (lmforge/rerun.py): the sha256 of
+    every local file read (sources and evaluation sets), which artifact each dataset ref
+    named, where the built-in evaluation sets were read from, and a digest of every document
+    read, in order (it covers what no file hash does: `hf:` datasets, the embedded corpus)."""
+    cfg = prep.config
+    dec = cfg.decontaminate
+    refs = [p for s in cfg.sources for p in s.paths if is_path(p) and not is_hub_spec(p)]
+    refs += [spec.path for spec in dec.eval_sets]
+    record: dict[str, Any] = {}
+    if dec.builtin:
+        root = eval_data_root()
+        refs += [BUILTIN_EVAL_SETS[name](root).path for name in dec.builtin]
+        record["eval_data_root"] = str(root.resolve())
+    read = json.loads((prep.run_dir / "input" / "done.json").read_text())
+    h = hashlib.sha256()
+    for part in read["parts"]:
+        h.update((prep.run_dir / "input" / f"{part}.jsonl").read_bytes())
+    return {**input_record(refs), **record, "datasets": prep.dataset_ids,
+            "read_sha256": h.hexdigest()}
 
 
 def _funnel_png(stats: dict[str, Any], path: Path) -> None:

@@ -301,6 +301,15 @@ def _hub_pairs(spec: str, report: PairReport) -> list[PreferencePair]:
     return out
 
 
+def pairs_digest(*parts: Sequence[PreferencePair]) -> str:
+    """The digest of preference pairs as read (prompt, chosen, rejected; not where each came
+    from, which names a workspace's folder), for `lmforge reproduce` (lmforge/rerun.py)."""
+    from lmforge.rerun import records_digest
+
+    return records_digest(*([[p.prompt, p.chosen, p.rejected] for p in part]
+                            for part in parts))
+
+
 def load_pairs(refs: Sequence[str | Path] | str | Path, report: PairReport | None = None
                ) -> list[PreferencePair]:
     """Every pair in files, folders (recursive, sorted), globs, `hf:` datasets and the

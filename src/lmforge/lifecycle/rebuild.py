@@ -10,6 +10,7 @@ parent id stands for its rebuilt (or original) artifact.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,8 +24,8 @@ from lmforge.registry import Artifact, Workspace
 from lmforge.rerun import RERUN_KEY, local_files
 from lmforge.train.settings import TrainSettings
 
-READS_FILES = ("files", "tokenizer", "tokenize", "finetune")  # stages that may read paths
-REBUILT_METHODS = ("domain", "sft")  # fine-tuning methods reproduce can run again
+READS_FILES = ("files", "tokenizer", "tokenize", "finetune", "curate")  # may read paths
+REBUILT_METHODS = ("domain", "sft", "reward", "dpo", "rlhf")  # methods reproduce can run
 
 
 class CannotRebuild(Exception):
@@ -173,7 +174,7 @@ def _init(job: Job) -> Artifact:
 
     s = InitSettings(design=job.parent("design"), tokenizer=job.parent("tokenizer"),
                      scheme=job.setting("scheme"), seed=job.setting("seed"))
-    return _made(run_init(job.ws, s, show_progress=False))
+    return made(run_init(job.ws, s, show_progress=False))
 
 
 def _pretrain(job: Job) -> Artifact:
@@ -182,7 +183,7 @@ def _pretrain(job: Job) -> Artifact:
 
     s = PretrainSettings(job.parent("base"), job.parent("data"), job.train_settings())
     with recorded_threads(job):
-        return _made(run_pretrain(job.ws, s, show_progress=False))
+        return made(run_pretrain(job.ws, s, show_progress=False))
 
 
 def _finetune(job: Job) -> Artifact:
@@ -193,13 +194,24 @@ def _finetune(job: Job) -> Artifact:
     if method not in REBUILT_METHODS:
         raise CannotRebuild(f"reproduce does not rebuild {method} fine-tunes yet "
                             f"(it rebuilds {', '.join(REBUILT_METHODS)})")
+    if "feedback" in job.original.parents:  # lifecycle/feedback_tune.py's judged successor
+        raise CannotRebuild("reproduce does not rebuild feedback fine-tunes yet (their "
+                            "snapshot and the evaluations that decided the promotion)")
+    if method in ("reward", "dpo"):
+        from lmforge.lifecycle.rebuild_tuning import rebuild_preferences
+
+        return rebuild_preferences(job, method)
+    if method == "rlhf":
+        from lmforge.lifecycle.rebuild_tuning import rebuild_rlhf
+
+        return rebuild_rlhf(job)
     data, val_data = list(job.setting("data")), list(job.settings.get("val_data", []))
     data_ids = job.parent_list("data")
     if method == "domain":
         both = job.datasets_as_rebuilt(data + val_data, data_ids)
         data, val_data = both[:len(data)], both[len(data):]
     else:  # sft: a training-set artifact was read as its file inside the workspace
-        data = [_artifact_file_as_id(job, ref) for ref in data]
+        data = [artifact_file_as_id(job, ref) for ref in data]
     rerun = job.rerun
     for key, default in (("text_field", "text"), ("prompts", [])):
         if key not in rerun:
@@ -212,10 +224,10 @@ def _finetune(job: Job) -> Artifact:
         prompts=tuple(rerun.get("prompts", ())),
         lora=lora_options(lora, f"LoRA of {job.original.id}") if lora else ())
     with recorded_threads(job):
-        return _made(run_finetune(job.ws, s, show_progress=False))
+        return made(run_finetune(job.ws, s, show_progress=False))
 
 
-def _artifact_file_as_id(job: Job, ref: str) -> str:
+def artifact_file_as_id(job: Job, ref: str) -> str:
     """A path into the original workspace's artifacts/<kind>/<id>/ -> the id standing for
     that artifact here; any other reference unchanged."""
     path = Path(ref)
@@ -227,7 +239,65 @@ def _artifact_file_as_id(job: Job, ref: str) -> str:
     return ref
 
 
-def _made(outcome: Any) -> Artifact:
+def _curate(job: Job) -> Artifact:
+    from lmforge.curate.config import CurationConfig
+    from lmforge.curate.sources import EMBEDDED, is_path
+    from lmforge.curate.stage import curate_prepared, prepare_config
+
+    try:
+        cfg = CurationConfig.from_settings(job.settings)
+    except (KeyError, TypeError) as e:
+        raise CannotRebuild(f"the recorded curation settings do not load ({e!r})") from None
+    refs = list(dict.fromkeys(p for src in cfg.sources for p in src.paths
+                              if p != EMBEDDED and not is_path(p)))
+    named = job.rerun.get("datasets")
+    if named is None:  # before lmforge recorded it: parents are the refs' ids, in their order
+        parents = job.original.parents.get("data", [])
+        if len(parents) != len(refs):
+            raise CannotRebuild("the record does not say which dataset artifact each source "
+                                "named (made before lmforge recorded it)")
+        named = dict(zip(refs, parents))
+    missing = [r for r in refs if r not in named or named[r] not in job.ids]
+    if missing:
+        raise CannotRebuild(f"the record names no dataset artifact for source {missing[0]!r}")
+    sources = [dataclasses.replace(src, paths=[job.ids[named[p]] if p in named else p
+                                               for p in src.paths]) for src in cfg.sources]
+    tokenizer = job.parent_list("tokenizer")
+    cfg = dataclasses.replace(cfg, sources=sources,
+                              balance_tokenizer=tokenizer[0] if tokenizer else None)
+    if any(p.startswith("hf:") for src in sources for p in src.paths) and \
+            "read_sha256" not in job.rerun:
+        job.notes.append("the record holds no digest of the documents read (made before "
+                         "lmforge kept one): a change in a hub dataset shows only as a "
+                         "difference")
+    with recorded_eval_root(job, bool(cfg.decontaminate.builtin)):
+        return curate_prepared(job.ws, prepare_config(job.ws, cfg), show_progress=False)
+
+
+@contextmanager
+def recorded_eval_root(job: Job, needed: bool) -> Iterator[None]:
+    """Read the built-in evaluation sets from the folder the original read them from."""
+    from lmforge.data.eval_root import ENV
+
+    root = job.rerun.get("eval_data_root")
+    if not needed or root is None:
+        if needed:
+            job.notes.append("the folder of the built-in evaluation sets is not recorded: "
+                             "read from today's")
+        yield
+        return
+    before = os.environ.get(ENV)
+    os.environ[ENV] = root
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before
+
+
+def made(outcome: Any) -> Artifact:
     if outcome.artifact is None:
         raise CannotRebuild("the stage made no artifact when run again")
     return outcome.artifact
@@ -236,4 +306,5 @@ def _made(outcome: Any) -> Artifact:
 REBUILDERS: dict[str, Callable[[Job], Artifact]] = {
     "corpus": _corpus, "files": _files, "design": _design, "tokenizer": _tokenizer,
     "tokenize": _tokenize, "init": _init, "pretrain": _pretrain, "finetune": _finetune,
+    "curate": _curate,
 }

@@ -4,8 +4,9 @@ how far each rebuilt artifact is from the original.
 The lineage is walked back to its sources and replayed parents first in a scratch workspace:
 each stage gets its recorded settings and the rebuilt stand-ins of its parents (or, for the
 artifacts named by `--from` and everything they came from, the originals, copied in as they
-are). A stage that cannot run again (an input file changed, a stage reproduce does not know)
-says why, and the original is copied in to feed the stages after it.
+are). A stage that cannot run again (an input file changed, the data a stage read from a hub
+or a built-in set is not what the original read, a record too old to hold what the stage
+needs) says why, and the original is copied in to feed the stages after it.
 
 Verdicts, per stage: identical (every file has the recorded sha256), equivalent (only timings
 in logs, or the ids of rebuilt inputs in text, differ), within tolerance (weights differ by at
@@ -29,7 +30,7 @@ from lmforge.lifecycle.artifact_diff import FileDiff, compare_artifacts, probe_l
 from lmforge.lifecycle.rebuild import READS_FILES, REBUILDERS, CannotRebuild, Job
 from lmforge.registry import Artifact, Workspace
 from lmforge.registry.lifecycle import INITIAL_STATES
-from lmforge.rerun import RERUN_KEY, in_folder, input_changes
+from lmforge.rerun import RERUN_KEY, InputChanged, expecting_read, in_folder, input_changes
 
 PASSING = ("identical", "equivalent", "within tolerance", "kept")
 
@@ -150,10 +151,12 @@ class Reproduction:
                           f"{', '.join(REBUILDERS)})")
         job = Job(self.scratch, art, self.ids, self.ws.root)
         try:
-            with in_folder(rerun.get("cwd")):
+            with in_folder(rerun.get("cwd")), expecting_read(rerun.get("read_sha256")):
                 rebuilt = rebuilder(job)
         except CannotRebuild as e:
             return cannot(str(e), *job.notes)
+        except InputChanged as e:  # the stage read its data and found it changed
+            return cannot(e.message, *job.notes)
         except LmforgeError as e:
             return cannot(f"the stage failed: {e.message}", *job.notes)
         self.ids[art.id] = rebuilt.id

@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmforge.data.preferences import PairReport, load_pairs, split_pairs
+from lmforge.data.preferences import PairReport, load_pairs, pairs_digest, split_pairs
 from lmforge.data.training_sets import resolve_training_sets
 from lmforge.errors import LmforgeError
 from lmforge.model.io import load_model_dir, model_card, save_model_dir
 from lmforge.model.transformer import Transformer
 from lmforge.registry import Workspace, atomic_write_json
+from lmforge.rerun import check_read, input_record, rerun_metrics, training_record
 from lmforge.runtime import resolve_device
 from lmforge.stage import Outcome
 from lmforge.tokenizer import Tokenizer
@@ -43,10 +44,14 @@ METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/
 
 
 def _pairs(s, refs: list[str], seed: int, notes: list[str]):
+    """(training pairs, validation pairs, the digest of what was read)."""
     report = PairReport()
     pairs = load_pairs(refs, report)
+    val_given = load_pairs(list(s.val_data), report) if s.val_data else []
+    read = pairs_digest(pairs, val_given)
+    check_read(read, "preference pairs")
     if s.val_data:
-        train_pairs, val_pairs = pairs, load_pairs(list(s.val_data), report)
+        train_pairs, val_pairs = pairs, val_given
     else:
         train_pairs, val_pairs = split_pairs(pairs, s.val_fraction, seed)
     notes += report.notes()
@@ -54,7 +59,7 @@ def _pairs(s, refs: list[str], seed: int, notes: list[str]):
         raise LmforgeError(f"preference data {', '.join(s.data)}: {len(train_pairs)} training "
                            f"and {len(val_pairs)} validation pairs",
                            hint="give more pairs, a larger --val-fraction, or --val-data")
-    return train_pairs, val_pairs
+    return train_pairs, val_pairs, read
 
 
 def _check_reference(policy: Transformer, policy_tok: Tokenizer, reference: Transformer,
@@ -98,7 +103,7 @@ def run_dpo(ws: Workspace, s, show_progress: bool = True, on_step=None,
     refs, fallback_note = data_refs(s)
     refs, set_ids = resolve_training_sets(ws, refs, "dpo")  # preference-dataset artifacts
     notes = [fallback_note] if fallback_note else []
-    train_pairs, val_pairs = _pairs(s, refs, t.seed, notes)
+    train_pairs, val_pairs, read = _pairs(s, refs, t.seed, notes)
     train_units, cut_train = make_units(tok, train_pairs, t.seq_len)
     val_units, cut_val = make_units(tok, val_pairs, t.seq_len)
     if cut_train or cut_val:
@@ -164,7 +169,9 @@ def run_dpo(ws: Workspace, s, show_progress: bool = True, on_step=None,
         "train_loss": result.train_loss, "val_loss_before": before["loss"],
         "val_loss": after["loss"], "train_seconds": round(result.seconds, 1),
         "pairs_per_s": result.tokens / max(result.seconds, 1e-9),
-        "reference_seconds": round(reference_seconds, 1)}
+        "reference_seconds": round(reference_seconds, 1),
+        **rerun_metrics(input_record([*refs, *s.val_data]), training_record(device.type),
+                        {"read_sha256": read})}
     for name in METRICS:
         metrics[f"val_{name}_before"] = before[name]
         metrics[f"val_{name}"] = after[name]

@@ -32,6 +32,7 @@ from lmforge.errors import LmforgeError
 from lmforge.model.io import load_model_dir, model_card, save_model_dir
 from lmforge.model.transformer import Transformer
 from lmforge.registry import Artifact, Workspace, atomic_write_json
+from lmforge.rerun import check_read, input_record, rerun_metrics, training_record
 from lmforge.runtime import resolve_device
 from lmforge.stage import Outcome
 from lmforge.tokenizer import Tokenizer
@@ -251,7 +252,7 @@ def _digest(*parts: Sequence[EncodedPair]) -> str:
 def run_reward(ws: Workspace, s: Any, show_progress: bool = True, on_step=None) -> Outcome:
     """Train a reward model from the model `s.model` on `s.data` (FinetuneSettings) and
     register it (kind `reward-model`); details are the TrainResult."""
-    from lmforge.data.preferences import PairReport, load_pairs, split_pairs
+    from lmforge.data.preferences import PairReport, load_pairs, pairs_digest, split_pairs
     from lmforge.data.training_sets import resolve_training_sets
     from lmforge.train.finetune import data_refs
 
@@ -270,8 +271,11 @@ def run_reward(ws: Workspace, s: Any, show_progress: bool = True, on_step=None) 
     notes = [fallback_note] if fallback_note else []
     report = PairReport()
     pairs = load_pairs(refs, report)
+    val_given = load_pairs(list(s.val_data), report) if s.val_data else []
+    read = pairs_digest(pairs, val_given)
+    check_read(read, "preference pairs")
     if s.val_data:
-        train_pairs, val_pairs = pairs, load_pairs(list(s.val_data), report)
+        train_pairs, val_pairs = pairs, val_given
     else:
         train_pairs, val_pairs = split_pairs(pairs, s.val_fraction, t.seed)
     notes += report.notes()
@@ -317,7 +321,9 @@ def run_reward(ws: Workspace, s: Any, show_progress: bool = True, on_step=None) 
         "val_accuracy_before": before["accuracy"], "val_accuracy": after["accuracy"],
         "val_margin": after["margin"], "val_reward_chosen": after["reward_chosen"],
         "val_reward_rejected": after["reward_rejected"],
-        "train_seconds": round(result.seconds, 1)}
+        "train_seconds": round(result.seconds, 1),
+        **rerun_metrics(input_record([*refs, *s.val_data]), training_record(device.type),
+                        {"read_sha256": read})}
     if notes:
         metrics["warnings"] = notes
     settings = {"method": "reward", "data": refs, "val_data": list(s.val_data),

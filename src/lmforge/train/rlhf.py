@@ -48,6 +48,7 @@ from lmforge.errors import LmforgeError
 from lmforge.model.io import load_model_dir, model_card, save_model_dir
 from lmforge.model.transformer import Transformer
 from lmforge.registry import Workspace, atomic_write_json
+from lmforge.rerun import check_read, input_record, records_digest, rerun_metrics, training_record
 from lmforge.runtime import measure_matmul_peak, resolve_device
 from lmforge.stage import Outcome, check_keys
 from lmforge.tokenizer import Tokenizer
@@ -310,6 +311,8 @@ def run_rlhf(ws: Workspace, s: Any, show_progress: bool = True, on_step=None) ->
     # Prompt and answer must fit the policy's context and the reward model's.
     context = min(policy.design.context_length, rm.context_length)
     train_prompts, held_prompts, refs = _prompt_sets(s, rl)
+    read = records_digest(train_prompts, held_prompts)
+    check_read(read, "prompts")
     train_ids, dropped = _encoded_prompts(tok, train_prompts, context - rl.max_new_tokens)
     held_ids, _ = _encoded_prompts(tok, held_prompts, context - rl.max_new_tokens)
     if not train_ids or not held_ids:
@@ -349,7 +352,12 @@ def run_rlhf(ws: Workspace, s: Any, show_progress: bool = True, on_step=None) ->
         "kl_before": before["kl"], "kl_after": after["kl"],
         "length_before": before["length"], "length_after": after["length"],
         "kl_coef": last.get("kl_coef", rl.kl_coef),
-        "train_seconds": round(last.get("elapsed_s", 0.0), 1)}
+        "train_seconds": round(last.get("elapsed_s", 0.0), 1),
+        # The held-out prompts' settings are not in `settings` (that would change the ids of
+        # earlier runs' records): reproduce needs them to pick the same held-out prompts.
+        **rerun_metrics(input_record([*refs, *s.val_data]), training_record(device.type),
+                        {"read_sha256": read, "val_data": list(s.val_data),
+                         "val_fraction": s.val_fraction})}
     if notes:
         metrics["warnings"] = notes
     settings = {"method": "rlhf", "data": refs, "reward": rm.ref, "reference": ref_art.id,
