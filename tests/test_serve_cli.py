@@ -46,6 +46,8 @@ def test_refusals_come_before_loading(cli, folder, tmp_path):
     assert code == 2 and "no such file" in one_error_line(err)
     code, _, err = cli("serve", folder, "--max-batch", "0")
     assert code == 2 and "max-batch" in one_error_line(err)
+    code, _, err = cli("serve", folder, "--engine", "gpu")
+    assert code == 2 and "--engine must be thread or process" in one_error_line(err)
     code, _, err = cli("serve", "no-such-model", "--port", free_port())
     assert code == 2 and "no-such-model" in one_error_line(err)
 
@@ -95,6 +97,35 @@ def test_one_process_with_keys_and_a_name(folder, tmp_path):
     assert [entry["status"] for entry in lines if entry["path"] == "/v1/chat/completions"] \
         == [200]
     assert "serving model folder" in err and "pet-model" in err
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_engine_process_serves_and_goes_with_the_server(folder, tmp_path):
+    proc, url = start([str(folder), "--engine", "process"], tmp_path / "ws")
+    try:
+        r = httpx.post(f"{url}/v1/completions", json={
+            "model": "tiny", "prompt": "The cat", "max_tokens": 6, "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 6
+        engines = _children(proc.pid)
+        assert engines and all(_running(p) for p in engines)
+    finally:
+        stop(proc)
+    assert not any(_running(p) for p in engines)  # ^C ends the engine's process too
 
 
 def success_total(url: str) -> float:

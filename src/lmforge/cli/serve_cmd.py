@@ -62,6 +62,16 @@ def _check_port(host: str, port: int) -> None:
                                     "that holds it") from None
 
 
+def _engine_mode(engine: str, device: str) -> str:
+    """auto: a process of its own where the server's HTTP work and the decode loop can run on
+    two CPU cores (measured: bench/README.md, vllm_compare.py); a thread on one core or a
+    GPU, where the process would only add a pipe."""
+    if engine != "auto":
+        return engine
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return "process" if device == "cpu" and (cores or 1) >= 2 else "thread"
+
+
 def _check_rules(path: Path | None) -> str | None:
     """The rules file's absolute path (workers may start elsewhere), read once here so that a
     bad rule is one line before the model loads."""
@@ -107,6 +117,10 @@ def serve(
     guardrails: Path = typer.Option(None, help="Rules file (TOML) of input and output "
                                                "filters, e.g. from red teaming; see "
                                                "docs/serving.md."),
+    engine: str = typer.Option("auto", help="Where the decode loop runs: process (its own "
+                                            "process, so HTTP work never waits for it), "
+                                            "thread (inside the server), or auto (process "
+                                            "on a CPU with 2+ cores)."),
 ) -> None:
     import uvicorn
 
@@ -114,14 +128,15 @@ def serve(
     from lmforge.serve.access_log import configure_logging
     from lmforge.serve.config import ServeConfig, check_key_file, parse_rate
 
+    dev = str(resolve_device(device))
     cfg = ServeConfig(
-        model=model, served_name=name, device=str(resolve_device(device)),
+        model=model, served_name=name, device=dev,
         max_batch=max_batch, max_queue=max_queue, max_prompt_tokens=max_prompt_tokens,
         max_tokens=max_tokens, default_max_tokens=min(default_max_tokens, max_tokens),
         rate_limit_per_min=parse_rate(rate_limit), timeout_s=timeout,
         api_key_file=check_key_file(str(api_key_file) if api_key_file else None),
         log_prompts=log_prompts, store_responses=store_responses, replicas=replicas,
-        guardrails=_check_rules(guardrails))
+        guardrails=_check_rules(guardrails), engine=_engine_mode(engine, dev))
     _check_port(host, port)
     ws = workspace()
     cfg = dataclasses.replace(cfg, workspace=str(ws.root))

@@ -31,12 +31,16 @@ from lmforge.model.kv_cache import KVCache
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import StreamDecoder, Tokenizer
 
-__all__ = ["Engine", "EngineOverloaded", "GenerationRequest", "RequestStream",
-           "RequestTooLarge", "TokenEvent"]
+__all__ = ["Engine", "EngineOverloaded", "EngineUnavailable", "GenerationRequest",
+           "RequestStream", "RequestTooLarge", "TokenEvent", "check_request"]
 
 
 class EngineOverloaded(LmforgeError):
     """The waiting queue is full (HTTP 503): retry later."""
+
+
+class EngineUnavailable(LmforgeError):
+    """The engine cannot take requests: its process ended (HTTP 503)."""
 
 
 class RequestTooLarge(LmforgeError):
@@ -70,6 +74,31 @@ class _Active:
     @property
     def tokens(self) -> int:  # what it costs the budget: its prompt and every token it may add
         return len(self.req.prompt) + self.budget
+
+
+def check_request(req: GenerationRequest, vocab_size: int, context: int,
+                  max_tokens_in_flight: int) -> int:
+    """Refuse a request that can never run (LmforgeError, or RequestTooLarge for 413); give it
+    an id if it has none; return its budget of new tokens (max_new_tokens, cut at the
+    context's end)."""
+    n = len(req.prompt)
+    if n == 0:
+        raise LmforgeError("the prompt is empty", hint="send at least one token")
+    if n >= context:
+        raise RequestTooLarge(f"the prompt has {n} tokens; the model's context is {context}",
+                              hint="shorten the prompt")
+    if min(req.prompt) < 0 or max(req.prompt) >= vocab_size:
+        raise LmforgeError(f"prompt token ids must be in 0..{vocab_size - 1}",
+                           hint="encode the text with the model's tokenizer")
+    if any(not s for s in req.stop_strings):
+        raise LmforgeError("an empty stop string", hint="leave it out")
+    budget = min(req.params.max_new_tokens, context - n)
+    if n + budget > max_tokens_in_flight:
+        raise RequestTooLarge(f"prompt and max tokens need {n + budget} tokens; the engine "
+                              f"holds {max_tokens_in_flight} in flight",
+                              hint="lower max_tokens or shorten the prompt")
+    req.request_id = req.request_id or f"req-{uuid.uuid4().hex[:16]}"
+    return budget
 
 
 def _rows(cache: KVCache, start: int, stop: int) -> KVCache:
@@ -126,26 +155,10 @@ class Engine:
         self.stop()
 
     def submit(self, req: GenerationRequest) -> RequestStream:
-        n = len(req.prompt)
-        if n == 0:
-            raise LmforgeError("the prompt is empty", hint="send at least one token")
-        if n >= self.context:
-            raise RequestTooLarge(f"the prompt has {n} tokens; the model's context is "
-                                  f"{self.context}", hint="shorten the prompt")
-        if min(req.prompt) < 0 or max(req.prompt) >= self.model.design.vocab_size:
-            raise LmforgeError(f"prompt token ids must be in 0..{self.model.design.vocab_size - 1}",
-                               hint="encode the text with the model's tokenizer")
-        if any(not s for s in req.stop_strings):
-            raise LmforgeError("an empty stop string", hint="leave it out")
-        req.request_id = req.request_id or f"req-{uuid.uuid4().hex[:16]}"
+        budget = check_request(req, self.model.design.vocab_size, self.context, self.max_tokens)
         stream = RequestStream(req.request_id)
-        active = _Active(req, weakref.ref(stream), stream.cancelled,
-                         min(req.params.max_new_tokens, self.context - n),
+        active = _Active(req, weakref.ref(stream), stream.cancelled, budget,
                          StreamDecoder(self.tok, skip_special=True), StopText(req.stop_strings))
-        if active.tokens > self.max_tokens:
-            raise RequestTooLarge(f"prompt and max tokens need {active.tokens} tokens; the "
-                                  f"engine holds {self.max_tokens} in flight",
-                                  hint="lower max_tokens or shorten the prompt")
         with self._cond:
             if self._stopping:
                 raise LmforgeError("the engine is stopped", hint="start a new Engine")

@@ -91,6 +91,22 @@ class RequestStream:
             if not self._done:  # the client went away (or the task was cancelled)
                 self.cancel()
 
+    async def merged(self) -> AsyncIterator[TokenEvent]:
+        """`async for`, with the events already waiting merged into one (texts joined; the
+        last one's token, counts and finish reason): a reader that fell behind the engine
+        catches up in one step instead of one per token, as vLLM's server does. A reader
+        that keeps up still gets one event per token."""
+        async for event in self:
+            while event.finish_reason is None:
+                try:
+                    item = self._items.get_nowait()
+                except queue.Empty:
+                    break
+                nxt = self._unpack(item)  # an engine error ends the request: raised here
+                event = TokenEvent(event.request_id, nxt.token, event.text + nxt.text,
+                                   nxt.finish_reason, nxt.prompt_tokens, nxt.completion_tokens)
+            yield event
+
 
 Wakes = dict[asyncio.AbstractEventLoop, list[RequestStream]]
 

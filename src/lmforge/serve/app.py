@@ -37,6 +37,11 @@ EngineFactory = Callable[..., Any]
 
 
 def default_engine(served: ServedModel, cfg: ServeConfig) -> Any:
+    if cfg.engine == "process":  # the decode loop off this interpreter (engine/process.py)
+        from lmforge.engine.process import ProcessEngine
+
+        return ProcessEngine(served.model, served.tok, max_batch=cfg.max_batch,
+                             max_queue=cfg.max_queue)
     from lmforge.engine.scheduler import Engine  # torch-heavy; only when serving for real
 
     return Engine(served.model, served.tok, max_batch=cfg.max_batch, max_queue=cfg.max_queue)

@@ -35,6 +35,7 @@ class ServeConfig:
     state_refresh_s: float = 10.0             # how often the registry's state is re-read
     guardrails: str | None = None             # a rules file (TOML): input and output filters
     replicas: int = 1
+    engine: str = "thread"                    # "process": the decode loop in a child process
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_tokens", "default_max_tokens",
@@ -45,6 +46,9 @@ class ServeConfig:
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise LmforgeError(f"--max-prompt-tokens must be at least 1, got "
                                f"{self.max_prompt_tokens}")
+        if self.engine not in ("thread", "process"):
+            raise LmforgeError(f"--engine must be thread or process, got {self.engine!r}",
+                               hint="auto picks process on a CPU with two cores or more")
         if self.timeout_s <= 0:
             raise LmforgeError(f"--timeout must be positive, got {self.timeout_s}",
                                hint="give seconds, e.g. --timeout 60")

@@ -16,6 +16,7 @@ from typing import Any
 from lmforge.engine.sampling import SamplingParams
 from lmforge.engine.scheduler import (
     EngineOverloaded,
+    EngineUnavailable,
     GenerationRequest,
     RequestTooLarge,
     TokenEvent,
@@ -86,6 +87,10 @@ class Generation:
             raise APIError(503, "The server is overloaded: too many requests are waiting. "
                                 "Retry in a moment.", code="overloaded",
                            headers={"Retry-After": "1"}) from None
+        except EngineUnavailable as e:
+            self.close()
+            raise APIError(503, f"The server cannot generate: {e.message}.",
+                           code="engine_unavailable") from None
         except RequestTooLarge as e:
             self.close()
             raise APIError(413, e.message, param="max_tokens", code="request_too_large"
@@ -128,7 +133,10 @@ class Generation:
     async def _pump(self, choice: Choice, out: asyncio.Queue) -> None:
         """Forward one choice's events to the merged queue, timing it."""
         try:
-            async for event in choice.stream:
+            # Behind the engine, the tokens that wait go out as one chunk; not under output
+            # guardrails, which hold back exactly the piece that completes a match.
+            events = choice.stream if choice.watch is not None else choice.stream.merged()
+            async for event in events:
                 if choice.first_at is None:
                     choice.first_at = time.monotonic()
                     self._move(choice, "running")
@@ -159,7 +167,9 @@ class Generation:
             if c.stream is None:  # refused before generating: the refusal is all of it
                 yield c, TokenEvent(f"refused-{c.index}", None, c.text, c.finish_reason)
         live = [c for c in self.choices if c.stream is not None]
-        queue: asyncio.Queue = asyncio.Queue()
+        # Bounded: a choice whose events the client has not taken yet waits in its pump,
+        # where the events that arrive meanwhile merge into one chunk.
+        queue: asyncio.Queue = asyncio.Queue(maxsize=max(1, len(live)))
         self._tasks = [asyncio.create_task(self._pump(c, queue)) for c in live]
         open_choices = len(live)
         while open_choices:

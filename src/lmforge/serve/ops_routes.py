@@ -22,9 +22,10 @@ async def health() -> dict[str, str]:
 @router.get("/ready", response_model=None)
 async def ready(request: Request) -> dict[str, Any] | Response:
     state = server_state(request)
-    if not state.ready:
-        return error_response(APIError(503, "The engine is not running (starting or "
-                                            "stopping).", code="not_ready"))
+    if not state.ready or not getattr(state.engine, "alive", True):  # alive: its process
+        return error_response(APIError(503, "The engine is not running (starting, "
+                                            "stopping, or its process ended).",
+                                       code="not_ready"))
     lifecycle = state.lifecycle.current()
     if lifecycle.retired:
         return error_response(APIError(503, f"The model `{state.served.name}` is retired.",
