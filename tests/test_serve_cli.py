@@ -47,7 +47,7 @@ def test_refusals_come_before_loading(cli, folder, tmp_path):
     code, _, err = cli("serve", folder, "--max-batch", "0")
     assert code == 2 and "max-batch" in one_error_line(err)
     code, _, err = cli("serve", folder, "--engine", "gpu")
-    assert code == 2 and "--engine must be thread or process" in one_error_line(err)
+    assert code == 2 and "--engine must be auto, process or thread" in one_error_line(err)
     code, _, err = cli("serve", "no-such-model", "--port", free_port())
     assert code == 2 and "no-such-model" in one_error_line(err)
 

@@ -66,6 +66,9 @@ def _engine_mode(engine: str, device: str) -> str:
     """auto: a process of its own where the server's HTTP work and the decode loop can run on
     two CPU cores (measured: bench/README.md, vllm_compare.py); a thread on one core or a
     GPU, where the process would only add a pipe."""
+    if engine not in ("auto", "process", "thread"):
+        raise LmforgeError(f"--engine must be auto, process or thread, got {engine!r}",
+                           hint="auto (the default) picks process on a CPU with 2+ cores")
     if engine != "auto":
         return engine
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
