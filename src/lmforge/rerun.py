@@ -147,12 +147,15 @@ def expecting_read(digest: str | None) -> Iterator[None]:
         _EXPECTED_READ.reset(token)
 
 
-def check_read(digest: str, what: str) -> None:
+def check_read(digest: str, what: str, cause: str | None = None) -> None:
     """Stop a reproduction whose stage read other data than the original (`what` names it in
-    the message); does nothing outside a reproduction."""
+    the message, `cause` leads it when the stage knows what changed); does nothing outside a
+    reproduction."""
     expected = _EXPECTED_READ.get()
     if expected is not None and expected != digest:
-        raise InputChanged(f"the {what} read now differ from what the original read (sha256 "
-                           f"{expected[:12]}… recorded, {digest[:12]}… now): a data set it "
-                           f"read changed", hint="rebuild from the data as it was, or compare "
-                                                 "with --from to keep this stage")
+        differ = (f"the {what} read now differ from what the original read (sha256 "
+                  f"{expected[:12]}… recorded, {digest[:12]}… now)")
+        raise InputChanged(f"{cause}: {differ}" if cause else
+                           f"{differ}: a data set it read changed",
+                           hint="rebuild from the data as it was, or compare with --from to "
+                                "keep this stage")

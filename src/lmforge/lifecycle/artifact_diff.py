@@ -130,7 +130,8 @@ def _weights_detail(original: Path, rebuilt: Path) -> tuple[str, float]:
 def compare_artifacts(original: Artifact, rebuilt: Artifact,
                       rebuilt_ids: dict[str, str]) -> list[FileDiff]:
     """Every file of either artifact, compared. `rebuilt_ids` maps the ids of rebuilt inputs
-    to the originals' ids they stand for (text naming them is read with the originals')."""
+    (and the rebuilding workspace's folder) to the originals' ids they stand for (and the
+    original workspace's folder): text naming them is read with the originals'."""
     out: list[FileDiff] = []
     for rel in sorted(set(original.files) | set(rebuilt.files)):
         if rel not in rebuilt.files:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import sqlite3
 import statistics
@@ -64,6 +65,7 @@ from typing import Any
 
 from lmforge.errors import LmforgeError
 from lmforge.registry import Artifact, Workspace, atomic_write_json
+from lmforge.rerun import check_read, records_digest, rerun_metrics
 from lmforge.serve.feedback import store_path
 
 SNAPSHOT_KIND = "feedback-snapshot"
@@ -141,6 +143,7 @@ class FeedbackData:
     dropped: list[dict[str, Any]] = field(default_factory=list)  # {rule, what, where}
     stores: list[str] = field(default_factory=list)
     pending_reviews: int = 0  # pairs shown on the review page and not judged yet
+    read_digests: list[str] = field(default_factory=list)  # per store: the rows as read
 
     def counts(self) -> dict[str, Any]:
         return {"signals_read": dict(sorted(self.read.items())),
@@ -201,6 +204,9 @@ def _signals(path: Path, label: str, data: FeedbackData) -> list[Signal]:
         raise LmforgeError(f"cannot read the feedback store {path}: {e}",
                            hint="it is written by `lmforge serve`; check the file is a "
                                 "feedback store and readable") from None
+    # `lmforge reproduce` reads the store again and goes on only if it reads these rows.
+    data.read_digests.append(records_digest([list(r) for r in rows],
+                                            [list(r) for r in reviews]))
     for seq, rid, choice, rating, preferred, comment, key, created, endpoint, req, chs in rows:
         choices = json.loads(chs)
         answer = choices[choice] if 0 <= choice < len(choices) else {}
@@ -496,6 +502,8 @@ def snapshot(ws: Workspace, model: Artifact, rules: FeedbackRules,
                            hint=f"serve it (`lmforge serve {model.id}`), and let users rate "
                                 f"answers (POST /v1/feedback) or review pairs at /review")
     data = collect(ws, [m.id for m in models], rules, extra_stores)
+    read = records_digest(data.read_digests)
+    check_read(read, "feedback rows", "the feedback store changed")
     report = {"models": [m.id for m in models], "stores": data.stores,
               "rules": asdict(rules), **data.counts()}
     with ws.staging() as d:
@@ -507,7 +515,10 @@ def snapshot(ws: Workspace, model: Artifact, rules: FeedbackRules,
         if len(models) > 1:
             parents["also"] = [m.id for m in models[1:]]
         art = ws.register(d, kind=SNAPSHOT_KIND, stage="feedback", parents=parents,
-                          settings={"rules": asdict(rules)}, metrics=_flat(data),
+                          settings={"rules": asdict(rules)},
+                          metrics={**_flat(data), **rerun_metrics({
+                              "read_sha256": read, "cwd": os.getcwd(),
+                              "extra_stores": [str(p) for p in extra_stores]})},
                           name=f"feedback-{model.name or model.id}")
     return art, data
 

@@ -194,9 +194,6 @@ def _finetune(job: Job) -> Artifact:
     if method not in REBUILT_METHODS:
         raise CannotRebuild(f"reproduce does not rebuild {method} fine-tunes yet "
                             f"(it rebuilds {', '.join(REBUILT_METHODS)})")
-    if "feedback" in job.original.parents:  # lifecycle/feedback_tune.py's judged successor
-        raise CannotRebuild("reproduce does not rebuild feedback fine-tunes yet (their "
-                            "snapshot and the evaluations that decided the promotion)")
     if method in ("reward", "dpo"):
         from lmforge.lifecycle.rebuild_tuning import rebuild_preferences
 
@@ -224,17 +221,28 @@ def _finetune(job: Job) -> Artifact:
         prompts=tuple(rerun.get("prompts", ())),
         lora=lora_options(lora, f"LoRA of {job.original.id}") if lora else ())
     with recorded_threads(job):
-        return made(run_finetune(job.ws, s, show_progress=False))
+        return made(run_finetune(job.ws, s, show_progress=False,
+                                 before_register=_feedback_parent(job)))
+
+
+def _feedback_parent(job: Job) -> Any:
+    from lmforge.lifecycle.rebuild_lifecycle import feedback_parent
+
+    return feedback_parent(job)
 
 
 def artifact_file_as_id(job: Job, ref: str) -> str:
     """A path into the original workspace's artifacts/<kind>/<id>/ -> the id standing for
-    that artifact here; any other reference unchanged."""
+    that artifact here (a feedback snapshot, which training reads as a file and not by id:
+    the same file of its stand-in); any other reference unchanged."""
     path = Path(ref)
     artifacts = job.original_root / "artifacts"
     if path.is_absolute() and path.is_relative_to(artifacts):
         parts = path.relative_to(artifacts).parts
         if len(parts) >= 3 and parts[1] in job.ids:
+            if parts[0] == "feedback-snapshot":
+                here = job.ws.resolve(job.ids[parts[1]], verify=False)
+                return str(here.path.joinpath(*parts[2:]))
             return job.ids[parts[1]]
     return ref
 
@@ -297,6 +305,12 @@ def recorded_eval_root(job: Job, needed: bool) -> Iterator[None]:
             os.environ[ENV] = before
 
 
+def _lifecycle(job: Job, name: str) -> Artifact:
+    from lmforge.lifecycle import rebuild_lifecycle  # it imports this module
+
+    return getattr(rebuild_lifecycle, name)(job)
+
+
 def made(outcome: Any) -> Artifact:
     if outcome.artifact is None:
         raise CannotRebuild("the stage made no artifact when run again")
@@ -307,4 +321,7 @@ REBUILDERS: dict[str, Callable[[Job], Artifact]] = {
     "corpus": _corpus, "files": _files, "design": _design, "tokenizer": _tokenizer,
     "tokenize": _tokenize, "init": _init, "pretrain": _pretrain, "finetune": _finetune,
     "curate": _curate,
+    "redteam": lambda job: _lifecycle(job, "rebuild_redteam"),
+    "safety-data": lambda job: _lifecycle(job, "rebuild_safety_data"),
+    "feedback": lambda job: _lifecycle(job, "rebuild_snapshot"),
 }

@@ -16,6 +16,7 @@ from lmforge.lifecycle.rebuild import (
     made,
     recorded_threads,
 )
+from lmforge.lifecycle.rebuild_lifecycle import feedback_parent
 from lmforge.registry import Artifact
 
 
@@ -52,7 +53,8 @@ def rebuild_preferences(job: Job, method: str) -> Artifact:
                          **extra)
     _note_unchecked_reads(job, "preference pairs")
     with recorded_threads(job):
-        return made(run_finetune(job.ws, s, show_progress=False))
+        return made(run_finetune(job.ws, s, show_progress=False,
+                                 before_register=feedback_parent(job)))
 
 
 def rebuild_rlhf(job: Job) -> Artifact:

@@ -9,9 +9,9 @@ or a built-in set is not what the original read, a record too old to hold what t
 needs) says why, and the original is copied in to feed the stages after it.
 
 Verdicts, per stage: identical (every file has the recorded sha256), equivalent (only timings
-in logs, or the ids of rebuilt inputs in text, differ), within tolerance (weights differ by at
-most `tolerance`), differs, corrupted (the original's files no longer match its own manifest),
-cannot reproduce, and kept (taken as it is, by --from).
+in logs and reports, or the ids and workspace paths of rebuilt inputs in text, differ), within
+tolerance (weights differ by at most `tolerance`), differs, corrupted (the original's files no
+longer match its own manifest), cannot reproduce, and kept (taken as it is, by --from).
 """
 
 from __future__ import annotations
@@ -167,6 +167,9 @@ class Reproduction:
 
     def judge(self, art: Artifact, rebuilt: Artifact, notes: list[str]) -> StageResult:
         stand_ins = {new: old for old, new in self.ids.items() if new != old}
+        # A stage that names a file of its input by path (a feedback fine-tune's card names
+        # its snapshot's sft.jsonl) names it in the scratch workspace.
+        stand_ins[str(self.scratch.root)] = str(self.ws.root)
         files = compare_artifacts(art, rebuilt, stand_ins)
         result = StageResult(art.stage, art.kind, art.id, rebuilt.id, "identical",
                              notes=notes, files=files)

@@ -28,6 +28,7 @@ from lmforge.redteam.probes import HELDOUT_PERCENT, SUITES, load_seeds
 from lmforge.redteam.targets import is_url, open_target
 from lmforge.registry import Workspace, atomic_write_json
 from lmforge.registry.atomic import atomic_write_text
+from lmforge.rerun import check_read, input_record, records_digest, rerun_metrics, training_record
 from lmforge.stage import Outcome, check_keys
 
 REPORT_KIND = "redteam-report"
@@ -124,6 +125,9 @@ def attack(ws: Workspace, s: RedteamSettings, show_progress: bool = True
            ) -> dict[str, Any]:
     """Run every attempt against the target and judge it; the report (not yet registered)."""
     seeds = load_seeds(s.suite, s.probes, s.limit, s.benign_limit, s.data_root)
+    read = records_digest(*([[x.text, x.source, x.harm, x.benign] for x in part]
+                            for part in (seeds.harmful, seeds.benign)))
+    check_read(read, "red-team seeds")
     needs_harmful = {"direct", "jailbreak", "obfuscation", "multiturn"} & set(s.categories)
     if needs_harmful and not seeds.harmful:
         raise LmforgeError("no harmful seeds to attack with",
@@ -204,8 +208,25 @@ def attack(ws: Workspace, s: RedteamSettings, show_progress: bool = True
         "detectors": labelled.measure(), "detectors_by_part": labelled.measure_parts(),
         "findings": findings, "safe_examples": examples,
         "unjudged_examples": [r for r in records if r["verdict"]["status"] == "unjudged"][:10],
-        "records": records,
+        "records": records, "_rerun": _rerun_record(s, read, target),
     }
+
+
+def _rerun_record(s: RedteamSettings, read: str, target: Any) -> dict[str, Any]:
+    """What `lmforge reproduce` needs beside the settings (lmforge/rerun.py): the probe files'
+    hashes, the seeds' digest, where the shared sets were read, the minimums, and the device
+    and thread count that decided the answers' last bits."""
+    from lmforge.redteam.probes import shared_root
+    from lmforge.redteam.targets import LocalTarget
+    from lmforge.runtime import resolve_device
+
+    record = {**input_record(s.probes), "read_sha256": read, "min_harmful": s.min_harmful,
+              "min_benign": s.min_benign}
+    if s.suite != "builtin":
+        record["data_root"] = str(shared_root(s.data_root).resolve())
+    if isinstance(target, LocalTarget):
+        record.update(training_record(resolve_device(s.device).type))
+    return record
 
 
 def _settings(s: RedteamSettings) -> dict[str, Any]:
@@ -249,6 +270,7 @@ def run(ws: Workspace, s: RedteamSettings, show_progress: bool = True) -> Outcom
 
     report = attack(ws, s, show_progress)
     records = report.pop("records")
+    rerun = report.pop("_rerun")
     parents = {"model": report["model"]} if report["model"] and not Path(s.target).is_dir() \
         else None
     with ws.staging() as d:
@@ -258,5 +280,6 @@ def run(ws: Workspace, s: RedteamSettings, show_progress: bool = True) -> Outcom
         atomic_write_text(d / "report.html", render_html(report))
         art = ws.register(d, kind=REPORT_KIND, stage="redteam", parents=parents,
                           settings={"target": s.target, **_settings(s)},
-                          metrics=metrics_of(report), name="redteam")
+                          metrics={**metrics_of(report), **rerun_metrics(rerun)},
+                          name="redteam")
     return Outcome(art, summary_line(report), report, show=view(report))
