@@ -268,3 +268,17 @@ def test_a_curated_dataset_and_one_curated_from_it_are_rebuilt_identical(cli, tm
     assert rows[first]["verdict"] == "cannot reproduce"
     assert "web.jsonl changed (sha256" in rows[first]["notes"][0]
     assert rows[second]["passed"]  # curated again from the original, copied in
+
+
+def test_an_html_report_naming_a_rebuilt_model_reads_as_equivalent(tmp_path):
+    """A red-team report.html names the model it attacked; rebuilt, that model has a new id,
+    and the page is the same otherwise (seen on the quickstart's lineage)."""
+    from lmforge.lifecycle.artifact_diff import _equivalent
+
+    original, rebuilt = tmp_path / "a.html", tmp_path / "b.html"
+    original.write_text("<h1>model-402c04eb5789</h1><td>0.062</td>", encoding="utf-8")
+    rebuilt.write_text("<h1>model-d09520ee3fad</h1><td>0.062</td>", encoding="utf-8")
+    ids = {"model-d09520ee3fad": "model-402c04eb5789"}
+    assert _equivalent(original, rebuilt, ids)
+    rebuilt.write_text("<h1>model-d09520ee3fad</h1><td>0.125</td>", encoding="utf-8")
+    assert not _equivalent(original, rebuilt, ids)

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from lmforge.registry import Artifact, sha256_file
 
-TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".toml", ".txt", ".csv")
+TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".toml", ".txt", ".csv", ".html")
 # Keys of logs that measure the clock, not the computation.
 TIMING_KEYS = frozenset({"tokens_per_s", "mfu", "elapsed_s", "elapsed", "seconds", "time",
                          "train_seconds", "created"})
