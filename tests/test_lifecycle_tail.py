@@ -256,3 +256,12 @@ def test_repeated_character_finds_a_stuck_reply_and_spares_prose():
     assert repeated_character("x x x x") == "x"
     assert repeated_character("os.path.join: Join one or more path segments.") is None
     assert repeated_character("Hello!!!") is None and repeated_character("") is None
+
+
+def test_the_summary_duration_never_rounds_minutes_up():
+    from lmforge.lifecycle.summary import duration_text
+
+    # 512 s printed as "9 min 32 s" in CI's log (minutes were rounded, not floored).
+    assert duration_text(512.4) == "8 min 32 s"
+    assert duration_text(59.6) == "1 min 0 s"
+    assert duration_text(3.2) == "0 min 3 s"

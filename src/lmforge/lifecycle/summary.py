@@ -40,6 +40,12 @@ def _seconds(r: Any) -> str:
     return "cached" if r.skipped else f"{r.seconds:.1f}"
 
 
+def duration_text(seconds: float) -> str:
+    """'8 min 32 s' (whole seconds; minutes never rounded up)."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s"
+
+
 def _cut(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
@@ -62,7 +68,7 @@ def lifecycle_view(ws: Workspace, history: list[Any], models: list[str],
     ran = [r for r in history if not r.skipped]
     total = sum(r.seconds for r in ran)
     cached = len(history) - len(ran)
-    head = Text(f"{len(history)} steps, {total / 60:.0f} min {total % 60:.0f} s"
+    head = Text(f"{len(history)} steps, {duration_text(total)}"
                 + (f" ({cached} cached, their time not counted)" if cached else ""),
                 style="bold")
     named = {r.artifact: r.name for r in reversed(history) if r.artifact}
