@@ -474,8 +474,11 @@ def _writer(root: str, worker: int, start, out) -> None:
     out.put(made)
 
 
-def test_four_processes_writing_at_once_leave_a_consistent_record(tmp_path):
-    root = str(tmp_path / "ws")
+def four_writers_at_once(root: str) -> None:
+    """Four processes register 6 models each, move each one, and register the same 6 shared
+    datasets, all at once; the record must hold every model once with its one move, each
+    shared dataset once, and nothing left in staging. (tests/test_registry_postgres.py runs
+    it on the server too.)"""
     Workspace.open(root).close()
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
@@ -494,6 +497,11 @@ def test_four_processes_writing_at_once_leave_a_consistent_record(tmp_path):
         for m in models:
             assert [e.to_state for e in w.history(m)] == ["initialized", "pretrained"]
         assert verify(w).ok and not list(w.staging_dir.iterdir())
+
+
+def test_four_processes_writing_at_once_leave_a_consistent_record(tmp_path):
+    root = str(tmp_path / "ws")
+    four_writers_at_once(root)
     with sqlite3.connect(Path(root) / "registry.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("SELECT count(*) FROM artifacts").fetchone()[0] == 30
