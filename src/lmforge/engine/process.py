@@ -36,6 +36,7 @@ from lmforge.engine.scheduler import (
     EngineOverloaded,
     EngineUnavailable,
     GenerationRequest,
+    check_limits,
     check_request,
 )
 from lmforge.engine.streams import RequestStream, TokenEvent, Wakes, wake
@@ -69,14 +70,11 @@ class ProcessEngine:
     def __init__(self, model: Transformer, tok: Tokenizer, *, max_batch: int = 16,
                  max_queue: int = 256, max_tokens_in_flight: int | None = None,
                  threads: int | None = None):
-        if max_batch < 1 or max_queue < 0:
-            raise LmforgeError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} "
-                               f"and {max_queue}", hint="e.g. max_batch=16, max_queue=256")
         self.model, self.tok = model, tok
         self.vocab_size = model.design.vocab_size
         self.context = model.design.context_length
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.max_tokens = max_tokens_in_flight or max_batch * self.context
+        self.max_tokens = check_limits(max_batch, max_queue, max_tokens_in_flight, self.context)
         self.threads = threads or torch.get_num_threads()
         self.alive = False
         self._process: Any = None
@@ -199,14 +197,15 @@ class ProcessEngine:
                 self._outbox.put(("stop", None))  # ends the sender too
 
     def _deliver(self, events: list[tuple[str, TokenEvent | str]]) -> None:
-        wakes: Wakes = {}
-        for request_id, item in events:
-            with self._lock:
+        with self._lock:  # once per step's message, not per event
+            targets = []
+            for request_id, item in events:
                 self._unstarted.pop(request_id, None)
-                stream = self._streams.get(request_id)
-                ended = isinstance(item, str) or item.finish_reason is not None
-                if ended:
+                targets.append(self._streams.get(request_id))
+                if isinstance(item, str) or item.finish_reason is not None:  # it ended
                     self._streams.pop(request_id, None)
+        wakes: Wakes = {}
+        for stream, (_, item) in zip(targets, events):
             if stream is not None:  # None: the client left and its stream is gone
                 stream._put(LmforgeError(item) if isinstance(item, str) else item, wakes)
         wake(wakes)

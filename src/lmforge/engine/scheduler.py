@@ -32,7 +32,7 @@ from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import StreamDecoder, Tokenizer
 
 __all__ = ["Engine", "EngineOverloaded", "EngineUnavailable", "GenerationRequest",
-           "RequestStream", "RequestTooLarge", "TokenEvent", "check_request"]
+           "RequestStream", "RequestTooLarge", "TokenEvent", "check_limits", "check_request"]
 
 
 class EngineOverloaded(LmforgeError):
@@ -76,6 +76,16 @@ class _Active:
         return len(self.req.prompt) + self.budget
 
 
+def check_limits(max_batch: int, max_queue: int, max_tokens_in_flight: int | None,
+                 context: int) -> int:
+    """Refuse limits an engine cannot run with; return its token budget in flight (prompts
+    and new tokens of the running requests: a full batch of full contexts unless given)."""
+    if max_batch < 1 or max_queue < 0:
+        raise LmforgeError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} "
+                           f"and {max_queue}", hint="e.g. max_batch=16, max_queue=256")
+    return max_tokens_in_flight or max_batch * context
+
+
 def check_request(req: GenerationRequest, vocab_size: int, context: int,
                   max_tokens_in_flight: int) -> int:
     """Refuse a request that can never run (LmforgeError, or RequestTooLarge for 413); give it
@@ -113,13 +123,10 @@ def _rows(cache: KVCache, start: int, stop: int) -> KVCache:
 class Engine:
     def __init__(self, model: Transformer, tok: Tokenizer, *, max_batch: int = 16,
                  max_queue: int = 256, max_tokens_in_flight: int | None = None):
-        if max_batch < 1 or max_queue < 0:
-            raise LmforgeError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} "
-                               f"and {max_queue}", hint="e.g. max_batch=16, max_queue=256")
         self.model, self.tok = model, tok
         self.context = model.design.context_length
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.max_tokens = max_tokens_in_flight or max_batch * self.context
+        self.max_tokens = check_limits(max_batch, max_queue, max_tokens_in_flight, self.context)
         self.device = next(model.parameters()).device
         self.cache = model.new_cache(max_batch, self.context)
         self._waiting: deque[_Active] = deque()

@@ -37,14 +37,15 @@ EngineFactory = Callable[..., Any]
 
 
 def default_engine(served: ServedModel, cfg: ServeConfig) -> Any:
-    if cfg.engine == "process":  # the decode loop off this interpreter (engine/process.py)
-        from lmforge.engine.process import ProcessEngine
+    # torch-heavy imports: only when serving for real. "process": the decode loop off this
+    # interpreter (engine/process.py), with the same caller side as the Engine.
+    if cfg.engine == "process":
+        from lmforge.engine.process import ProcessEngine as engine_class
+    else:
+        from lmforge.engine.scheduler import Engine as engine_class
 
-        return ProcessEngine(served.model, served.tok, max_batch=cfg.max_batch,
-                             max_queue=cfg.max_queue)
-    from lmforge.engine.scheduler import Engine  # torch-heavy; only when serving for real
-
-    return Engine(served.model, served.tok, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
+    return engine_class(served.model, served.tok, max_batch=cfg.max_batch,
+                        max_queue=cfg.max_queue)
 
 
 def build_state(cfg: ServeConfig, ws: Workspace | None = None, *,
