@@ -19,6 +19,7 @@ as often as needed:
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,8 @@ if PipelineStep is not None:
             self.work(Path(self.run_dir), rank, world_size)
             yield from data or ()
 
-        def work(self, run_dir: Path, rank: int, world_size: int) -> None:
-            raise NotImplementedError
+        @abstractmethod  # PipelineStep is an ABC: each step below says what its rank does
+        def work(self, run_dir: Path, rank: int, world_size: int) -> None: ...
 
     class ReadUnitsStep(_CurationStep):
         """Read units rank, rank + world_size, ... into input shards."""

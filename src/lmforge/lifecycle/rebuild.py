@@ -222,13 +222,7 @@ def _finetune(job: Job) -> Artifact:
         lora=lora_options(lora, f"LoRA of {job.original.id}") if lora else ())
     with recorded_threads(job):
         return made(run_finetune(job.ws, s, show_progress=False,
-                                 before_register=_feedback_parent(job)))
-
-
-def _feedback_parent(job: Job) -> Any:
-    from lmforge.lifecycle.rebuild_lifecycle import feedback_parent
-
-    return feedback_parent(job)
+                                 before_register=_lifecycle(job, "feedback_parent")))
 
 
 def artifact_file_as_id(job: Job, ref: str) -> str:
@@ -305,8 +299,9 @@ def recorded_eval_root(job: Job, needed: bool) -> Iterator[None]:
             os.environ[ENV] = before
 
 
-def _lifecycle(job: Job, name: str) -> Artifact:
-    from lmforge.lifecycle import rebuild_lifecycle  # it imports this module
+def _lifecycle(job: Job, name: str) -> Any:
+    """rebuild_lifecycle's `name`(job); imported here, since that module imports this one."""
+    from lmforge.lifecycle import rebuild_lifecycle
 
     return getattr(rebuild_lifecycle, name)(job)
 
